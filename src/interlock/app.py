@@ -1,0 +1,161 @@
+"""``create_app(settings)``: wires every component in one place.
+
+Importing this module does no I/O. The app's lifespan builds the components (database and
+migrations, server secret, admin key, provider adapters and their HTTP sessions, the
+embedded model) and closes them in reverse order on shutdown. A startup failure is reported
+as one clear line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from interlock.api import health, openai
+from interlock.api.errors import openai_error_response
+from interlock.auth.authenticator import Authenticator
+from interlock.chat.service import ChatService
+from interlock.components import Components
+from interlock.errors import InterlockError, InternalError, NotFound
+from interlock.providers.base import Timeouts
+from interlock.providers.registry import ProviderRegistry
+from interlock.routing.router import Router
+from interlock.settings import Settings
+from interlock.store.database import Database
+from interlock.store.keys import KeyStore
+from interlock.store.migrations import prepare
+from interlock.store.secret import load_or_create_secret
+
+log = structlog.get_logger("interlock.app")
+
+Announce = Callable[[Settings, str | None], None]
+
+
+def announce_to_terminal(settings: Settings, new_admin_key: str | None) -> None:
+    """Say where the gateway listens and how to authenticate (the key only the first time)."""
+    out = sys.stdout
+    out.write(f"Interlock listening on http://{settings.host}:{settings.port}\n")
+    if settings.insecure_no_auth:
+        out.write(
+            "WARNING: INTERLOCK_INSECURE_NO_AUTH is set: every request is accepted WITHOUT "
+            "authentication. Never use this outside local development.\n"
+        )
+    elif new_admin_key is not None:
+        out.write(
+            "An admin API key was created. It is shown ONCE; store it now:\n\n"
+            f"    {new_admin_key}\n\n"
+            "Send it as `Authorization: Bearer <key>`.\n"
+        )
+    elif settings.admin_key is not None:
+        out.write("Authenticate with the key in INTERLOCK_ADMIN_KEY (Authorization: Bearer).\n")
+    else:
+        out.write(
+            "Authenticate with the admin key printed on first start "
+            "(Authorization: Bearer <key>), or set INTERLOCK_ADMIN_KEY.\n"
+        )
+    out.flush()
+
+
+@asynccontextmanager
+async def running(
+    settings: Settings, announce: Announce | None = announce_to_terminal
+) -> AsyncIterator[Components]:
+    """Build every app-lifetime component; close them all on exit."""
+    async with AsyncExitStack() as stack:
+        database = Database(settings.database_url)
+        stack.push_async_callback(database.aclose)
+        await prepare(database)
+        secret = (
+            settings.secret.encode()
+            if settings.secret is not None
+            else load_or_create_secret(settings.data_dir)
+        )
+        keys = KeyStore(database, secret)
+        new_admin_key = await keys.ensure_admin_key(settings.admin_key)
+        if settings.insecure_no_auth:
+            log.warning("authentication_disabled", flag="INTERLOCK_INSECURE_NO_AUTH")
+        providers = ProviderRegistry(settings)
+        stack.push_async_callback(providers.aclose)
+        await providers.start()
+        router = Router(settings.config.models, settings.config.server.timeouts.over(Timeouts()))
+        components = Components(
+            settings=settings,
+            database=database,
+            authenticator=Authenticator(keys, secret, insecure_no_auth=settings.insecure_no_auth),
+            router=router,
+            providers=providers,
+            service=ChatService(router, providers),
+        )
+        if announce is not None:
+            announce(settings, new_admin_key)
+        yield components
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 404
+    error: InterlockError = NotFound(f"No route for {request.method} {request.url.path}.")
+    if status == 405:
+        error = NotFound(f"{request.method} is not allowed on {request.url.path}.")
+        error.status = 405
+    return openai_error_response(error)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled_error", path=request.url.path)
+    return openai_error_response(InternalError())
+
+
+class InterlockApp:
+    """The ASGI app: the HTTP routes, plus a lifespan that fails in one line, not a trace."""
+
+    def __init__(self, settings: Settings, announce: Announce | None) -> None:
+        self.settings = settings
+        self._announce = announce
+        self.http = Starlette(
+            routes=[*health.routes, *openai.routes],
+            exception_handlers={404: _not_found, 405: _not_found, Exception: _internal_error},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.http(scope, receive, send)
+
+    @asynccontextmanager
+    async def started(self) -> AsyncIterator[Components]:
+        """Run the lifespan around a block (for embedding and in-process tests)."""
+        async with running(self.settings, self._announce) as components:
+            self.http.state.components = components
+            yield components
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        async with AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(self.started())
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": startup_problem(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def startup_problem(exc: Exception) -> str:
+    """One line saying why startup failed, without secrets or a traceback."""
+    if isinstance(exc, InterlockError):
+        return f"Interlock could not start: {exc.message}"
+    return f"Interlock could not start: {type(exc).__name__}: {exc}"
+
+
+def create_app(settings: Settings, announce: Announce | None = announce_to_terminal) -> InterlockApp:
+    return InterlockApp(settings, announce)

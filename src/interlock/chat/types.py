@@ -1,0 +1,149 @@
+"""The canonical, provider-neutral chat model.
+
+Every inbound protocol parses into a ``ChatRequest`` and renders a stream of ``Event``s; every
+provider adapter translates a ``ChatRequest`` to its wire format and its wire stream back into
+``Event``s. These types are created once per request and once per chunk: plain slotted
+dataclasses, validated at the protocol edge and never again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+Role: TypeAlias = Literal["system", "user", "assistant", "tool"]
+FinishReason: TypeAlias = Literal["stop", "length", "tool_calls", "content_filter", "other"]
+
+
+@dataclass(slots=True)
+class TextPart:
+    text: str
+
+
+@dataclass(slots=True)
+class ImagePart:
+    """An image by URL (``https:`` or a ``data:`` URL)."""
+
+    url: str
+    detail: str | None = None
+
+
+ContentPart: TypeAlias = TextPart | ImagePart
+
+
+@dataclass(slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, exactly as the model produced it
+
+
+@dataclass(slots=True)
+class Message:
+    role: Role
+    content: list[ContentPart] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str | None = None  # for role "tool": which call this answers
+    name: str | None = None
+
+    def text(self) -> str:
+        """The message's text parts joined, for providers that take plain strings."""
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+
+
+@dataclass(slots=True)
+class Tool:
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # JSON Schema
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """One chat call, whatever protocol it came in on.
+
+    ``model`` is the public model name the caller asked for; routing maps it to deployments.
+    ``tool_choice`` is "auto", "none", "required" or a tool name.
+    ``response_format`` keeps OpenAI's shape ({"type": "json_object"} or a json_schema).
+    """
+
+    model: str
+    messages: list[Message]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    tools: list[Tool] = field(default_factory=list)
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+
+
+# ---- stream events -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A piece of a tool call. The first delta of a call carries ``id`` and ``name``."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    estimated: bool = False  # True when the provider reported nothing and we counted
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(slots=True)
+class Finish:
+    reason: FinishReason
+
+
+Event: TypeAlias = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish
+"""A provider stream is a sequence of these. Failures are raised as ``UpstreamError``s.
+
+A well-formed stream holds any number of deltas, at most one ``Usage`` (it may come before or
+after ``Finish``), and exactly one ``Finish``. A stream that ends without ``Finish`` was cut.
+"""
+
+CONTENT_EVENTS = (TextDelta, ReasoningDelta, ToolCallDelta)
+
+
+def is_content(event: Event) -> bool:
+    """True for events that carry something the caller sees (the stream commits on these)."""
+    if isinstance(event, TextDelta | ReasoningDelta):
+        return bool(event.text)
+    return isinstance(event, ToolCallDelta)
+
+
+@dataclass(slots=True)
+class ChatResult:
+    """A whole answer: a stream collected to the end (non-streaming is one code path)."""
+
+    text: str
+    reasoning: str
+    tool_calls: list[ToolCall]
+    finish_reason: FinishReason
+    usage: Usage

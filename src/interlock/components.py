@@ -1,0 +1,29 @@
+"""The app-lifetime components, built once by ``create_app`` and shared by every request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import HTTPConnection
+
+from interlock.auth.authenticator import Authenticator
+from interlock.chat.service import ChatService
+from interlock.providers.registry import ProviderRegistry
+from interlock.routing.router import Router
+from interlock.settings import Settings
+from interlock.store.database import Database
+
+
+@dataclass(slots=True)
+class Components:
+    settings: Settings
+    database: Database
+    authenticator: Authenticator
+    router: Router
+    providers: ProviderRegistry
+    service: ChatService
+
+
+def components_of(connection: HTTPConnection) -> Components:
+    components: Components = connection.app.state.components
+    return components
