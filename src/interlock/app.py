@@ -31,7 +31,7 @@ from interlock.routing.router import Router
 from interlock.settings import Settings
 from interlock.store.database import Database
 from interlock.store.keys import KeyStore
-from interlock.store.migrations import prepare
+from interlock.store.migrate import prepare
 from interlock.store.secret import load_or_create_secret
 
 log = structlog.get_logger("interlock.app")
@@ -157,5 +157,7 @@ def startup_problem(exc: Exception) -> str:
     return f"Interlock could not start: {type(exc).__name__}: {exc}"
 
 
-def create_app(settings: Settings, announce: Announce | None = announce_to_terminal) -> InterlockApp:
+def create_app(
+    settings: Settings, announce: Announce | None = announce_to_terminal
+) -> InterlockApp:
     return InterlockApp(settings, announce)

@@ -6,7 +6,8 @@ import asyncio
 import secrets
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -26,8 +27,11 @@ app.add_typer(db_app, name="db")
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="interlock.toml to use (default: $INTERLOCK_CONFIG "
-                 "or ./interlock.toml if present)"),
+    typer.Option(
+        "--config",
+        "-c",
+        help="interlock.toml to use (default: $INTERLOCK_CONFIG or ./interlock.toml if present)",
+    ),
 ]
 
 EXIT_CONFIG = 2
@@ -39,9 +43,11 @@ def _fail(lines: list[str], status: int = EXIT_CONFIG) -> NoReturn:
     raise typer.Exit(status)
 
 
-def _settings(**overrides: object) -> Settings:
+def _settings(
+    host: str | None = None, port: int | None = None, config_path: Path | None = None
+) -> Settings:
     try:
-        return load_settings(**overrides)  # type: ignore[arg-type]
+        return load_settings(host=host, port=port, config_path=config_path)
     except ConfigError as exc:
         _fail(exc.problems)
 
@@ -92,7 +98,7 @@ def config_check(config: ConfigOption = None) -> None:
 def db_upgrade(config: ConfigOption = None) -> None:
     """Migrate the database schema to this version's head."""
     from interlock.store.database import Database
-    from interlock.store.migrations import current_revision, prepare
+    from interlock.store.migrate import current_revision, prepare
 
     settings = _settings(config_path=config)
 
@@ -111,7 +117,7 @@ def db_upgrade(config: ConfigOption = None) -> None:
 def db_current(config: ConfigOption = None) -> None:
     """Show the database's schema revision."""
     from interlock.store.database import Database
-    from interlock.store.migrations import current_revision, head_revision
+    from interlock.store.migrate import current_revision, head_revision
 
     settings = _settings(config_path=config)
 
@@ -128,11 +134,11 @@ def db_current(config: ConfigOption = None) -> None:
     typer.echo(f"database at revision {revision or 'none (empty)'} ({state})")
 
 
-def _run_db(run: object) -> str | None:
+def _run_db(run: Callable[[], Coroutine[Any, Any, str | None]]) -> str | None:
     from interlock.app import startup_problem
 
     try:
-        return asyncio.run(run())  # type: ignore[operator]
+        return asyncio.run(run())
     except Exception as exc:
         _fail([startup_problem(exc).removeprefix("Interlock could not start: ")], 1)
 

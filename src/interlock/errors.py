@@ -16,7 +16,7 @@ own error shape (see ``interlock.api.errors``); nothing else builds error bodies
     ├── ServiceUnavailable              503     service_unavailable (nothing can serve now)
     ├── InternalError                   500     internal_error (a bug; never leaks details)
     └── UpstreamError                   502     upstream_error: a provider failed
-        ├── UpstreamAuthFailed          502     upstream_auth_failed (our credentials, not the caller's)
+        ├── UpstreamAuthFailed          502     upstream_auth_failed (the gateway's credentials)
         ├── UpstreamRateLimited         429     upstream_rate_limited
         ├── UpstreamOverloaded          503     upstream_overloaded (5xx, 529)
         ├── UpstreamTimeout             504     upstream_timeout

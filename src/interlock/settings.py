@@ -152,7 +152,9 @@ class FileConfig(_Strict):
                 if fallback not in self.models:
                     problems.append(f"models.{model_name}.fallbacks: unknown model {fallback!r}")
                 if fallback == model_name:
-                    problems.append(f"models.{model_name}.fallbacks: a model cannot fall back to itself")
+                    problems.append(
+                        f"models.{model_name}.fallbacks: a model cannot fall back to itself"
+                    )
             for deployment in model.deployments:
                 if deployment.name in names:
                     problems.append(
@@ -263,7 +265,7 @@ def load_settings(
             port = int(raw_port)
         except ValueError:
             problems.append(f"INTERLOCK_PORT: expected a port number, got {raw_port!r}")
-            port = 0
+            port = 8080
     if not 0 < port < 65536:
         problems.append(f"INTERLOCK_PORT: {port} is not a port number (1-65535)")
 

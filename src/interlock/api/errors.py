@@ -41,9 +41,7 @@ def retry_after_header(error: InterlockError) -> dict[str, str]:
     return {"retry-after": str(max(1, math.ceil(error.retry_after)))}
 
 
-def openai_error_response(
-    error: InterlockError, headers: dict[str, str] | None = None
-) -> Response:
+def openai_error_response(error: InterlockError, headers: dict[str, str] | None = None) -> Response:
     return Response(
         msgspec.json.encode(openai_error_body(error)),
         status_code=error.status,

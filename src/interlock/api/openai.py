@@ -51,9 +51,7 @@ async def chat_completions(request: Request) -> Response:
     request_id = _request_id()
     gateway = components_of(request)
     try:
-        await gateway.authenticator.authenticate(
-            bearer_token(request.headers.get("authorization"))
-        )
+        await gateway.authenticator.authenticate(bearer_token(request.headers.get("authorization")))
         server = gateway.settings.config.server
         raw = await read_body(request, server.max_body_bytes)
         body, chat = openai_wire.parse(raw, server.max_output_tokens)

@@ -103,7 +103,7 @@ class ChunkWriter:
             self._open
             + b'{},"logprobs":null,"finish_reason":'
             + _encode(reason)
-            + b"}],\"usage\":null}\n\n"
+            + b'}],"usage":null}\n\n'
         )
 
     def usage(self, usage: Usage) -> bytes:

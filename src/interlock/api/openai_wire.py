@@ -184,7 +184,9 @@ def to_chat_request(body: ChatCompletionRequest, max_output_tokens: int) -> Chat
     if isinstance(body.tool_choice, NamedToolChoice) and tool_choice not in {
         tool.name for tool in tools
     }:
-        raise InvalidRequest("`tool_choice` names a tool that is not in `tools`.", param="tool_choice")
+        raise InvalidRequest(
+            "`tool_choice` names a tool that is not in `tools`.", param="tool_choice"
+        )
     return ChatRequest(
         model=body.model,
         messages=messages,
@@ -214,7 +216,5 @@ def parse(raw: bytes, max_output_tokens: int) -> tuple[ChatCompletionRequest, Ch
             message = f"{message} at `{param}`"
         raise InvalidRequest(f"Invalid request body: {message}.", param=param) from None
     except msgspec.DecodeError:
-        raise InvalidRequest(
-            "The request body is not valid JSON.", code="invalid_json"
-        ) from None
+        raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
     return body, to_chat_request(body, max_output_tokens)

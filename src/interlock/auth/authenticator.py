@@ -62,9 +62,7 @@ class Authenticator:
         if self._insecure:
             return DEVELOPMENT_PRINCIPAL
         if not key:
-            raise AuthenticationFailed(
-                "Missing API key: send it as `Authorization: Bearer <key>`."
-            )
+            raise AuthenticationFailed("Missing API key: send it as `Authorization: Bearer <key>`.")
         if len(key) > MAX_CREDENTIAL_LENGTH or not key.isascii() or not key.isprintable():
             raise AuthenticationFailed()
         if key.startswith("il_") and not has_valid_checksum(key):

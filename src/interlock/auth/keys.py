@@ -30,6 +30,8 @@ CHECKSUM_LENGTH = 6
 PREFIX_LENGTH = len("il_live_")
 KEY_LENGTH = PREFIX_LENGTH + RANDOM_LENGTH + CHECKSUM_LENGTH
 SHORT_ID_RANDOM_CHARS = 8
+# Longer credentials are refused before hashing; an admin key set by the operator must fit.
+MAX_KEY_LENGTH = 512
 
 # ASCII-only classes: str.isalnum() would accept any Unicode letter or digit.
 _KEY_PATTERN = re.compile(rf"il_(?:live|test)_[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}")

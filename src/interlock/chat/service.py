@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,7 +80,7 @@ class ChatStream:
         self,
         request: ChatRequest,
         held: list[Event],
-        upstream: AsyncIterator[Event],
+        upstream: AsyncGenerator[Event, None],
         served: ServedBy,
         deadline: float | None,
     ) -> None:
@@ -107,16 +107,16 @@ class ChatStream:
                     yield event
             self._held = []
             while finish is None or usage is None:
-                event = await self._next()
-                if event is None:
+                incoming = await self._next()
+                if incoming is None:
                     break
-                if isinstance(event, Usage):
-                    usage = event
-                elif isinstance(event, Finish):
-                    finish = event
+                if isinstance(incoming, Usage):
+                    usage = incoming
+                elif isinstance(incoming, Finish):
+                    finish = incoming
                 else:
-                    self._count(event)
-                    yield event
+                    self._count(incoming)
+                    yield incoming
         finally:
             await self._upstream.aclose()
         if finish is None:

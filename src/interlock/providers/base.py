@@ -9,7 +9,7 @@ those wrap it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,7 +31,7 @@ class Timeouts:
 class Provider(Protocol):
     """One deployment's adapter."""
 
-    def stream(self, request: ChatRequest, timeouts: Timeouts) -> AsyncIterator[Event]:
+    def stream(self, request: ChatRequest, timeouts: Timeouts) -> AsyncGenerator[Event, None]:
         """Send ``request`` (its ``model`` is replaced by the deployment's upstream model)
         and yield the reply as canonical events, raising ``UpstreamError`` on failure.
 

@@ -179,9 +179,7 @@ def classify_error_event(
     return _build(cls, code_text, error_type, message, secret, None)
 
 
-def classify_error_body(
-    body: bytes, *, secret: str | None = None
-) -> UpstreamError | None:
+def classify_error_body(body: bytes, *, secret: str | None = None) -> UpstreamError | None:
     """The error an event's data reports (``{"error": …}``), or None if it reports none."""
     error_type, code, detail = _parse_error_body(body)
     if error_type is None and code is None and detail is None:
@@ -226,7 +224,7 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(
             r"(?i)\b(api[_-]?key|x-api-key|key|token|access_token|secret|password)"
-            r"(\s*[=:]\s*)[\"']?[^\s&\"',;]+"
+            r"([\"']?\s*[=:]\s*[\"']?)[^\s&\"',;]+"
         ),
         r"\1\2***",
     ),

@@ -9,10 +9,10 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import aiohttp
+from interlock.providers.local import LocalModelProvider
 
 from interlock.providers.anthropic import AnthropicProvider
 from interlock.providers.base import Provider
-from interlock.providers.local import LocalModelProvider
 from interlock.providers.openai import OpenAIProvider
 from interlock.settings import DeploymentConfig, Settings
 

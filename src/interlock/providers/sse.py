@@ -130,4 +130,6 @@ class SSEParser:
 
 
 def _too_big(what: str) -> UpstreamProtocolError:
-    return UpstreamProtocolError(f"The model provider sent an event stream {what} that is too long.")
+    return UpstreamProtocolError(
+        f"The model provider sent an event stream {what} that is too long."
+    )

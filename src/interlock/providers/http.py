@@ -1,0 +1,170 @@
+"""Upstream HTTP for the provider adapters: the pooled session and one streamed POST.
+
+``create_session`` makes the keep-alive ``aiohttp.ClientSession`` for one upstream (the app
+owns it; adapters never create or close sessions). ``open_event_stream`` sends one request
+and hands back its reply as parsed SSE events, with every failure already translated by
+``classify``: a non-2xx status, a reply that is not an event stream, and network errors on
+connect or on any later read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from functools import lru_cache
+
+import aiohttp
+
+from interlock.errors import UpstreamProtocolError
+from interlock.providers.base import Timeouts
+from interlock.providers.classify import (
+    TRANSPORT_ERRORS,
+    classify_error_body,
+    classify_status,
+    classify_transport,
+)
+from interlock.providers.sse import DEFAULT_MAX_BYTES, SSEEvent, SSEParser
+
+ERROR_BODY_LIMIT = 64 * 1024
+"""How much of an error reply is read to classify it."""
+
+_DRAIN_SECONDS = 0.5
+_DRAIN_BYTES = 64 * 1024
+
+
+def create_session(
+    *, max_connections: int = 1024, keepalive_timeout: float = 60.0
+) -> aiohttp.ClientSession:
+    """One pooled keep-alive session. Timeouts are set per request (see ``request_timeout``),
+    so the session has none of its own; proxies and ``.netrc`` are not read from the
+    environment (settings are the only reader of the environment)."""
+    connector = aiohttp.TCPConnector(
+        limit=max_connections,
+        keepalive_timeout=keepalive_timeout,
+        ttl_dns_cache=300,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        trust_env=False,
+        raise_for_status=False,
+        headers={"User-Agent": "interlock"},
+    )
+
+
+@lru_cache(maxsize=128)
+def request_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    """The aiohttp timeout for one request: ``connect`` bounds opening the socket and
+    ``idle`` every wait for data (the response head included). ``first_token`` and
+    ``total`` span retries, so the pipeline applies them."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.idle)
+
+
+class EventStream:
+    """The SSE events of one reply, read chunk by chunk as the consumer asks for them."""
+
+    __slots__ = ("_content", "_parser", "_pending")
+
+    def __init__(self, response: aiohttp.ClientResponse, parser: SSEParser) -> None:
+        self._content = response.content
+        self._parser = parser
+        self._pending: list[SSEEvent] = []  # reversed, so that pop() is the next one
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> SSEEvent:
+        if self._pending:
+            return self._pending.pop()
+        while True:
+            try:
+                chunk = await self._content.readany()
+            except TRANSPORT_ERRORS as exc:
+                raise classify_transport(exc) from None
+            if not chunk:
+                raise StopAsyncIteration
+            events = self._parser.feed(chunk)
+            if events:
+                if len(events) > 1:
+                    events.reverse()
+                    self._pending = events
+                    return events.pop()
+                return events[0]
+
+    async def drain(self) -> None:
+        """After the last event, read the little that is left (the end of the chunked body)
+        so that the connection can go back to the pool instead of being closed. Bounded in
+        time and size: a server that keeps talking loses its connection instead."""
+        content = self._content
+        read = 0
+        try:
+            async with asyncio.timeout(_DRAIN_SECONDS):
+                while not content.at_eof() and read <= _DRAIN_BYTES:
+                    chunk = await content.readany()
+                    if not chunk:
+                        return
+                    read += len(chunk)
+        except TRANSPORT_ERRORS:
+            pass
+
+
+@asynccontextmanager
+async def open_event_stream(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    body: bytes,
+    headers: Mapping[str, str],
+    timeouts: Timeouts,
+    secret: str | None = None,
+    max_event_bytes: int = DEFAULT_MAX_BYTES,
+) -> AsyncIterator[EventStream]:
+    """POST ``body`` to ``url`` and yield its event stream.
+
+    Raises ``UpstreamError``s only. Leaving the block releases the response: normally the
+    connection returns to the pool; on an error, ``aclose`` or cancellation the connection
+    is closed at once, so the upstream sees the disconnect and stops generating.
+    ``secret`` is masked out of any provider message used in an error.
+    """
+    try:
+        response = await session.post(
+            url,
+            data=body,
+            headers=headers,
+            timeout=request_timeout(timeouts),
+            allow_redirects=False,
+        )
+    except TRANSPORT_ERRORS as exc:
+        raise classify_transport(exc) from None
+    try:
+        if not 200 <= response.status < 300:
+            error_body = await _read_bounded(response)
+            raise classify_status(response.status, response.headers, error_body, secret=secret)
+        if response.content_type == "application/json":
+            # A server that ignored "stream": true, or reported an error with a 200.
+            reply = await _read_bounded(response)
+            raise classify_error_body(reply, secret=secret) or UpstreamProtocolError(
+                "The model provider replied with JSON instead of an event stream."
+            )
+        yield EventStream(response, SSEParser(max_event_bytes))
+    except BaseException:
+        response.close()
+        raise
+    else:
+        response.release()
+
+
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while size < ERROR_BODY_LIMIT:
+            chunk = await response.content.readany()
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+    except TRANSPORT_ERRORS:
+        pass  # what arrived is enough to classify the error by status
+    return b"".join(parts)[:ERROR_BODY_LIMIT]

@@ -1,0 +1,55 @@
+"""A true end-to-end answer: the official client, the real gateway, the bundled model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.support.gateway import ADMIN_KEY, RunningGateway, make_settings, serve
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    tmp: Path = tmp_path_factory.mktemp("local")
+    with serve(make_settings(tmp)) as running:  # no config file: the embedded defaults
+        yield running
+
+
+@pytest.fixture
+def client(gateway: RunningGateway) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=gateway.openai_base_url, api_key=ADMIN_KEY, max_retries=0) as c:
+        yield c
+
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_zero_config_serves_local(client: openai.OpenAI) -> None:
+    assert [model.id for model in client.models.list()] == ["local"]
+
+
+def test_the_embedded_model_answers(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(model="local", messages=QUESTION, temperature=0)
+    assert "Paris" in (completion.choices[0].message.content or "")
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+
+def test_the_embedded_model_streams_token_by_token(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model="local",
+            messages=QUESTION,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(deltas) > 3
+    assert "Paris" in "".join(deltas)
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens > 0
