@@ -49,7 +49,9 @@ def test_the_embedded_model_streams_token_by_token(client: openai.OpenAI) -> Non
             stream_options={"include_usage": True},
         )
     )
-    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    deltas = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
     assert len(deltas) > 3
     assert "Paris" in "".join(deltas)
     assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens > 0

@@ -104,8 +104,18 @@ def test_first_start_prints_an_admin_key_once(tmp_path: Path) -> None:
     with FakeUpstream() as upstream:
         config = write_config(
             tmp_path / "interlock.toml",
-            {"models.fake": {"deployments": [{"provider": "openai", "model": "m",
-             "base_url": upstream.openai_base_url, "api_key_env": "FAKE_KEY"}]}},
+            {
+                "models.fake": {
+                    "deployments": [
+                        {
+                            "provider": "openai",
+                            "model": "m",
+                            "base_url": upstream.openai_base_url,
+                            "api_key_env": "FAKE_KEY",
+                        }
+                    ]
+                }
+            },
         )
         env = {**base_env(tmp_path), "INTERLOCK_CONFIG": str(config), "FAKE_KEY": "sk-x"}
         port = free_port()
@@ -135,8 +145,18 @@ def test_insecure_flag_is_loud(tmp_path: Path) -> None:
     with FakeUpstream() as upstream:
         config = write_config(
             tmp_path / "interlock.toml",
-            {"models.fake": {"deployments": [{"provider": "openai", "model": "m",
-             "base_url": upstream.openai_base_url, "api_key_env": "FAKE_KEY"}]}},
+            {
+                "models.fake": {
+                    "deployments": [
+                        {
+                            "provider": "openai",
+                            "model": "m",
+                            "base_url": upstream.openai_base_url,
+                            "api_key_env": "FAKE_KEY",
+                        }
+                    ]
+                }
+            },
         )
         env = {
             **base_env(tmp_path),

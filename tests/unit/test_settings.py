@@ -11,7 +11,9 @@ from interlock.settings import ConfigError, load_settings
 GOOD_ENV = {"INTERLOCK_DATA_DIR": "/tmp/interlock-test-data"}
 
 
-def problems(env: dict[str, str], config: str | None = None, tmp_path: Path | None = None) -> list[str]:
+def problems(
+    env: dict[str, str], config: str | None = None, tmp_path: Path | None = None
+) -> list[str]:
     path = None
     if config is not None:
         assert tmp_path is not None

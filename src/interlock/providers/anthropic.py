@@ -38,6 +38,7 @@ from interlock.errors import InvalidRequest, UpstreamProtocolError
 from interlock.providers.base import Timeouts
 from interlock.providers.classify import classify_error_event
 from interlock.providers.http import open_event_stream
+from interlock.providers.sse import DEFAULT_MAX_BYTES
 from interlock.settings import DeploymentConfig
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -59,9 +60,15 @@ class AnthropicProvider:
     """One Anthropic deployment. The session is injected and never closed here."""
 
     def __init__(
-        self, deployment: DeploymentConfig, session: aiohttp.ClientSession, api_key: str | None
+        self,
+        deployment: DeploymentConfig,
+        session: aiohttp.ClientSession,
+        api_key: str | None,
+        *,
+        max_event_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self._session = session
+        self._max_event_bytes = max_event_bytes
         self._model = deployment.model
         self._api_key = api_key
         self._url = f"{deployment.base_url}/v1/messages"
@@ -87,6 +94,7 @@ class AnthropicProvider:
             headers=self._headers,
             timeouts=timeouts,
             secret=self._api_key,
+            max_event_bytes=self._max_event_bytes,
         ) as events:
             async for sse in events:
                 for event in decoder.feed(sse.event, sse.data):
