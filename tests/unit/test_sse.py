@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from interlock.errors import UpstreamProtocolError
@@ -13,7 +15,7 @@ def parse(*chunks: bytes, max_bytes: int = 1024 * 1024) -> list[tuple[str, bytes
     events: list[SSEEvent] = []
     for chunk in chunks:
         events.extend(parser.feed(chunk))
-    return [(event.event, event.data) for event in events]
+    return events
 
 
 def test_data_only_events() -> None:
@@ -142,3 +144,26 @@ def test_an_event_at_the_limit_is_accepted() -> None:
 def test_the_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         SSEParser(0)
+
+
+def test_random_streams_parse_alike_however_they_are_chunked() -> None:
+    rng = random.Random(20250101)
+    pieces = [
+        b"data: abc",
+        b"data:x",
+        b"event: e",
+        b": c",
+        b"",
+        b"id: 1",
+        b"data",
+        b"data: \xc3\xa9",
+    ]
+    for _ in range(300):
+        newline = [b"\n", b"\r\n", b"\r"]
+        stream = b"".join(
+            rng.choice(pieces) + rng.choice(newline) for _ in range(rng.randint(1, 30))
+        )
+        whole = parse(stream)
+        cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(1, 8))))
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        assert parse(*chunks) == whole, (stream, cuts)

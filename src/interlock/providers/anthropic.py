@@ -57,7 +57,11 @@ _STOP_REASONS: dict[str, FinishReason] = {
 
 
 class AnthropicProvider:
-    """One Anthropic deployment. The session is injected and never closed here."""
+    """One Anthropic deployment. The session is injected and never closed here.
+
+    ``max_event_bytes`` bounds one SSE line or event of the reply (``UpstreamProtocolError``
+    beyond it). The key is sent as a header only: never logged, shown or put in an error.
+    """
 
     def __init__(
         self,
@@ -96,8 +100,8 @@ class AnthropicProvider:
             secret=self._api_key,
             max_event_bytes=self._max_event_bytes,
         ) as events:
-            async for sse in events:
-                for event in decoder.feed(sse.event, sse.data):
+            async for name, data in events:
+                for event in decoder.feed(name, data):
                     yield event
                 if decoder.done:
                     await events.drain()
@@ -247,22 +251,26 @@ def _input(arguments: str) -> dict[str, Any]:
 # ---- reply: wire → canonical ---------------------------------------------------------------
 
 
-class _Usage(msgspec.Struct):
+# The wire shapes, decoded straight into structs (unknown fields are skipped). gc=False:
+# they never form reference cycles, and untracked objects are cheaper, once per chunk.
+
+
+class _Usage(msgspec.Struct, gc=False):
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_read_input_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
 
 
-class _Message(msgspec.Struct):
+class _Message(msgspec.Struct, gc=False):
     usage: _Usage | None = None
 
 
-class _MessageStart(msgspec.Struct):
+class _MessageStart(msgspec.Struct, gc=False):
     message: _Message
 
 
-class _Block(msgspec.Struct):
+class _Block(msgspec.Struct, gc=False):
     type: str
     id: str | None = None
     name: str | None = None
@@ -271,42 +279,42 @@ class _Block(msgspec.Struct):
     input: dict[str, Any] | None = None
 
 
-class _BlockStart(msgspec.Struct):
+class _BlockStart(msgspec.Struct, gc=False):
     index: int
     content_block: _Block
 
 
-class _Delta(msgspec.Struct):
+class _Delta(msgspec.Struct, gc=False):
     type: str
     text: str | None = None
     partial_json: str | None = None
     thinking: str | None = None
 
 
-class _BlockDelta(msgspec.Struct):
+class _BlockDelta(msgspec.Struct, gc=False):
     index: int
     delta: _Delta
 
 
-class _BlockStop(msgspec.Struct):
+class _BlockStop(msgspec.Struct, gc=False):
     index: int
 
 
-class _MessageDeltaBody(msgspec.Struct):
+class _MessageDeltaBody(msgspec.Struct, gc=False):
     stop_reason: str | None = None
 
 
-class _MessageDelta(msgspec.Struct):
+class _MessageDelta(msgspec.Struct, gc=False):
     delta: _MessageDeltaBody | None = None
     usage: _Usage | None = None
 
 
-class _ErrorBody(msgspec.Struct):
+class _ErrorBody(msgspec.Struct, gc=False):
     type: str | None = None
     message: str | None = None
 
 
-class _ErrorEvent(msgspec.Struct):
+class _ErrorEvent(msgspec.Struct, gc=False):
     error: _ErrorBody | None = None
 
 

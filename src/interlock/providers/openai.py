@@ -54,7 +54,11 @@ _FINISH_REASONS: dict[str, FinishReason] = {
 
 
 class OpenAIProvider:
-    """One OpenAI-compatible deployment. The session is injected and never closed here."""
+    """One OpenAI-compatible deployment. The session is injected and never closed here.
+
+    ``max_event_bytes`` bounds one SSE line or event of the reply (``UpstreamProtocolError``
+    beyond it). The key is sent as a header only: never logged, shown or put in an error.
+    """
 
     def __init__(
         self,
@@ -92,8 +96,8 @@ class OpenAIProvider:
             secret=self._api_key,
             max_event_bytes=self._max_event_bytes,
         ) as events:
-            async for sse in events:
-                for event in decoder.feed(sse.data):
+            async for _, data in events:
+                for event in decoder.feed(data):
                     yield event
                 if decoder.done:
                     await events.drain()
@@ -215,18 +219,22 @@ def _content(message: Message) -> str | list[dict[str, Any]]:
 # ---- reply: wire → canonical ---------------------------------------------------------------
 
 
-class _Function(msgspec.Struct):
+# The wire shapes, decoded straight into structs (unknown fields are skipped). gc=False:
+# they never form reference cycles, and untracked objects are cheaper, once per chunk.
+
+
+class _Function(msgspec.Struct, gc=False):
     name: str | None = None
     arguments: str | None = None
 
 
-class _ToolCall(msgspec.Struct):
+class _ToolCall(msgspec.Struct, gc=False):
     index: int | None = None
     id: str | None = None
     function: _Function | None = None
 
 
-class _Delta(msgspec.Struct):
+class _Delta(msgspec.Struct, gc=False):
     content: str | None = None
     reasoning_content: str | None = None  # DeepSeek, vLLM, llama.cpp
     reasoning: str | None = None  # OpenRouter, Ollama
@@ -234,31 +242,36 @@ class _Delta(msgspec.Struct):
     tool_calls: list[_ToolCall] | None = None
 
 
-class _Choice(msgspec.Struct):
+class _Choice(msgspec.Struct, gc=False):
     delta: _Delta | None = None
     finish_reason: str | None = None
 
 
-class _PromptDetails(msgspec.Struct):
+class _PromptDetails(msgspec.Struct, gc=False):
     cached_tokens: int | None = None
 
 
-class _Usage(msgspec.Struct):
+class _Usage(msgspec.Struct, gc=False):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     prompt_tokens_details: _PromptDetails | None = None
 
 
-class _Error(msgspec.Struct):
+class _Error(msgspec.Struct, gc=False):
     message: str | None = None
     type: str | None = None
     code: str | int | None = None
 
 
-class _Chunk(msgspec.Struct):
+class _Chunk(msgspec.Struct, gc=False):
     choices: list[_Choice] | None = None
     usage: _Usage | None = None
     error: _Error | str | None = None
+    # vLLM-style servers report a failure as the chunk itself: {"object": "error", …}.
+    object: str | None = None
+    message: str | None = None
+    type: str | None = None
+    code: str | int | None = None
 
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
@@ -295,6 +308,8 @@ class OpenAIStreamDecoder:
             if isinstance(error, str):
                 raise classify_error_event(None, None, error, secret=self._secret)
             raise classify_error_event(error.type, error.code, error.message, secret=self._secret)
+        if chunk.object == "error":
+            raise classify_error_event(chunk.type, chunk.code, chunk.message, secret=self._secret)
         if chunk.usage is not None:
             self._usage = chunk.usage  # some servers repeat it on every chunk: keep the last
         if not chunk.choices:

@@ -43,7 +43,7 @@ _ERRORS: dict[int, tuple[str, str]] = {
 _STOP_REASONS = {
     "stop": "end_turn",
     "length": "max_tokens",
-    "tool_calls": "tool_use",
+    
     "content_filter": "refusal",
 }
 
@@ -180,7 +180,11 @@ class AnthropicWire:
         if text_block:
             preamble += _event(
                 b"content_block_start",
-                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
             )
         last_index = 0
         if reply.tool_call is not None:

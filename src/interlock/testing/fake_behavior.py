@@ -75,7 +75,7 @@ class Behavior:
     error_message: str | None = None
     error_code: str | None = None
     retry_after: float | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
     first_byte_delay: float = 0.0
     token_delay: float = 0.0
     tokens: int = 5
@@ -107,7 +107,9 @@ class Behavior:
                 raise ValueError(f"{name} must not be negative")
         if self.huge_line_bytes is not None and self.huge_line_bytes < 8:
             raise ValueError("huge_line_bytes must be at least 8")
-        encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        encoded = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()
+        ]
         if self.retry_after is not None:
             seconds = self.retry_after
             text = str(int(seconds)) if float(seconds).is_integer() else str(seconds)

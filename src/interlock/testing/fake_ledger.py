@@ -26,7 +26,8 @@ class ServedRequest:
     ``never_answer``). ``chunks_sent`` counts content chunks (text tokens or tool-argument
     fragments) written so far. ``completed`` means the whole reply (or error body) was sent;
     ``client_disconnected`` means the client went away before that. Times are
-    ``time.monotonic()`` values.
+    ``time.monotonic()`` values. ``client_port`` is the client's TCP port: requests sharing
+    it came over one kept-alive connection.
     """
 
     seq: int
@@ -38,6 +39,7 @@ class ServedRequest:
     headers: dict[str, str]
     stream: bool
     started_at: float
+    client_port: int | None = None
     behavior: Behavior | None = None
     status: int | None = None
     chunks_sent: int = 0
@@ -80,11 +82,12 @@ class Ledger:
     def snapshot(self) -> list[ServedRequest]:
         return [copy.copy(record) for record in list(self._records)]
 
-    def wait_for(
-        self, predicate: Callable[[ServedRequest], bool], timeout: float
-    ) -> ServedRequest:
+    def wait_for(self, predicate: Callable[[ServedRequest], bool], timeout: float) -> ServedRequest:
         """Return (a copy of) the first record matching ``predicate``, waiting up to
-        ``timeout`` seconds for one; raise ``TimeoutError`` if none matched in time."""
+        ``timeout`` seconds for one; raise ``TimeoutError`` if none matched in time.
+
+        A request's arrival and its outcome wake the waiter at once; progress in between
+        (``chunks_sent``) is seen within 50 ms."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:

@@ -173,7 +173,9 @@ class OpenAIWire:
             % (seq, int(time.time()), _encode(view.model))
         )
         choice = head + b'{"index":0,"delta":'
-        steps = [choice + b'{"content":' + _encode(token) + b"}" + _CHOICE_TAIL for token in reply.tokens]
+        steps = [
+            choice + b'{"content":' + _encode(token) + b"}" + _CHOICE_TAIL for token in reply.tokens
+        ]
         if reply.tool_call is not None:
             fragments = [
                 choice
@@ -184,9 +186,9 @@ class OpenAIWire:
                 for fragment in reply.fragments
             ]
             fragments[0] = (
-                choice
-                + b'{"tool_calls":[{"index":0,"id":"call_fake%d","type":"function",'
-                b'"function":{"name":%s,"arguments":""}}]}' % (seq, _encode(reply.tool_call.name))
+                choice + b'{"tool_calls":[{"index":0,"id":"call_fake%d","type":"function",'
+                b'"function":{"name":%s,"arguments":""}}]}'
+                % (seq, _encode(reply.tool_call.name))
                 + _CHOICE_TAIL
                 + fragments[0]
             )
