@@ -904,6 +904,7 @@ def test_ledger_records_each_request(upstream: FakeUpstream, client: httpx.Clien
         "claude-fake",
         False,
     )
+    assert (second.status, second.chunks_sent, second.completed) == (200, 5, True)
     assert second.headers["anthropic-version"] == "2023-06-01"
     assert second.api_key == "sk-anthropic"
 

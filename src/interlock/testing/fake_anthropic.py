@@ -43,7 +43,7 @@ _ERRORS: dict[int, tuple[str, str]] = {
 _STOP_REASONS = {
     "stop": "end_turn",
     "length": "max_tokens",
-    
+    "tool_calls": "tool_use",
     "content_filter": "refusal",
 }
 
