@@ -10,6 +10,8 @@ The URL's password never appears in an exception or a log line: use ``safe_url``
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +27,14 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import StaticPool
 
-# Order matters: wait for locks first, so that switching to WAL waits instead of failing.
+WAL_PRAGMA = "PRAGMA journal_mode=WAL"
 SQLITE_PRAGMAS = (
-    "PRAGMA busy_timeout=5000",
-    "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=NORMAL",
-    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=5000",  # wait up to 5 s for another writer instead of failing
+    WAL_PRAGMA,  # readers never block the writer, nor the writer readers
+    "PRAGMA synchronous=NORMAL",  # durable enough with WAL, much faster than FULL
+    "PRAGMA foreign_keys=ON",  # off by default in SQLite
 )
+WAL_SWITCH_TIMEOUT = 5.0
 
 
 class DatabaseUnavailable(Exception):
@@ -136,6 +139,27 @@ async def begin_exclusive(conn: AsyncConnection, lock_id: int) -> None:
         await conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _enable_wal(cursor: Any) -> None:
+    """Switch to WAL unless already there (it persists in the file).
+
+    The switch ignores ``busy_timeout``: connections racing to a brand-new file get "database
+    is locked" at once. So retry for a while; this only happens on the very first start.
+    """
+    cursor.execute("PRAGMA journal_mode")
+    if cursor.fetchone()[0] == "wal":
+        return
+    deadline = time.monotonic() + WAL_SWITCH_TIMEOUT
+    while True:
+        try:
+            cursor.execute(WAL_PRAGMA)
+            cursor.fetchall()
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # blocks the loop, but only while a new file is being created
+
+
 def _sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
     database = url.database or ""
     in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
@@ -151,8 +175,16 @@ def _sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
         cursor = dbapi_connection.cursor()
         try:
             for pragma in SQLITE_PRAGMAS:
-                cursor.execute(pragma)
-        finally:
+                if pragma == WAL_PRAGMA:
+                    _enable_wal(cursor)
+                else:
+                    cursor.execute(pragma)
+        except BaseException:
+            # The pool does not close a connection whose set-up failed: aiosqlite's thread
+            # would outlive it.
             cursor.close()
+            dbapi_connection.close()
+            raise
+        cursor.close()
 
     return engine

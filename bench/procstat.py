@@ -1,0 +1,52 @@
+"""What the kernel says a process has used: CPU time and resident memory, from ``/proc``."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (all its threads) so far, in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / _TICKS_PER_SECOND
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """Resident set size now and its high-water mark, in MB (10^6 bytes)."""
+
+    rss_mb: float
+    peak_rss_mb: float
+
+
+def memory(pid: int) -> Memory:
+    """``VmRSS`` and ``VmHWM`` of ``pid``."""
+    values: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            values[name] = int(rest.split()[0]) * 1024 / 1e6  # reported in KiB
+    return Memory(rss_mb=values.get("VmRSS", 0.0), peak_rss_mb=values.get("VmHWM", 0.0))
+
+
+class CpuMeter:
+    """CPU use of one process from construction to ``percent()``, as % of one core."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._started = time.monotonic()
+        self._cpu = cpu_seconds(pid)
+
+    def percent(self) -> float:
+        elapsed = time.monotonic() - self._started
+        if elapsed <= 0:
+            return 0.0
+        return 100.0 * (cpu_seconds(self._pid) - self._cpu) / elapsed
