@@ -16,7 +16,7 @@ Mode = Literal["json", "stream"]
 
 @dataclass(frozen=True, slots=True)
 class Point:
-    """One upstream delay × mode × concurrency, measured direct and through the gateway."""
+    """One (upstream delay, mode, concurrency), measured direct and through the gateway."""
 
     delay_ms: float
     mode: Mode
@@ -94,7 +94,8 @@ class Target:
         sign = "≤" if self.at_most else "≥"
         measured = "not measured" if self.measured is None else f"{self.measured:,.2f} {self.unit}"
         note = f" ({self.note})" if self.note else ""
-        return f"{self.verdict}  {self.name}: {measured} (target {sign} {self.limit:,g} {self.unit}){note}"
+        target = f"target {sign} {self.limit:,g} {self.unit}"
+        return f"{self.verdict}  {self.name}: {measured} ({target}){note}"
 
 
 def _find(points: Sequence[Point], delay: float, mode: Mode, concurrency: int) -> Point | None:

@@ -1,7 +1,7 @@
 """``python -m bench.run``: Interlock's overhead against a direct call, in one command.
 
 Starts two fake upstreams (0 ms and 50 ms to first byte) and one gateway worker in front of
-them, pinned to their own CPUs; for every upstream × mode (JSON, streaming) × concurrency it
+them, pinned to their own CPUs; for every upstream, mode (JSON, streaming) and concurrency it
 loads the upstream directly and then through the gateway with wrk (and, for streaming, times
 the first token with an aiohttp client); prints the table and the targets, and writes the raw
 numbers to ``bench/results/latest.json``. See ``bench/README.md``.
@@ -19,6 +19,7 @@ if __name__ == "__main__" and not __package__:
     sys.path.insert(0, str(_ROOT))
     try:
         import aiohttp  # noqa: F401
+
         import interlock  # noqa: F401
     except ImportError:
         import os
@@ -28,35 +29,43 @@ if __name__ == "__main__" and not __package__:
             os.execv(_VENV_PYTHON, [str(_VENV_PYTHON), __file__, *sys.argv[1:]])
         raise
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from types import FrameType  # noqa: E402
-from typing import Any, NoReturn, cast  # noqa: E402
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, NoReturn, cast
 
-import msgspec  # noqa: E402
-from rich.console import Console  # noqa: E402
+import msgspec
+from rich.console import Console
 
-from bench.procstat import CpuMeter, memory  # noqa: E402
-from bench.report import print_report  # noqa: E402
-from bench.results import Mode, Point, evaluate_targets  # noqa: E402
-from bench.stack import ADMIN_KEY, UPSTREAM_MODEL, CpuPlan, Stack, gateway_model  # noqa: E402
-from bench.ttft import TtftResult, measure_ttft  # noqa: E402
-from bench.wrk import WrkError, WrkResult, run_wrk, wrk_binary  # noqa: E402
+from bench.procstat import CpuMeter, memory
+from bench.report import print_report
+from bench.results import Mode, Point, evaluate_targets
+from bench.stack import (
+    ADMIN_KEY,
+    UPSTREAM_MODEL,
+    CpuPlan,
+    Stack,
+    StackError,
+    gateway_model,
+)
+from bench.ttft import TtftResult, measure_ttft
+from bench.wrk import WrkError, WrkResult, run_wrk, wrk_binary
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 _PROMPT = "Say hello to the benchmark."
+_LOG_WIDTH = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +91,9 @@ def _numbers(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
         try:
             values = tuple(kind(part) for part in text.split(",") if part.strip())
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated numbers: {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated numbers: {text!r}"
+            ) from None
         if not values or any(value < 0 for value in values):
             raise argparse.ArgumentTypeError(f"expected non-negative numbers: {text!r}")
         return values
@@ -174,8 +185,10 @@ def machine_facts() -> dict[str, Any]:
         "cpu_model": cpu_model or platform.processor(),
         "memory_gb": round(memory_gb, 1),
         "python": platform.python_version(),
-        "wrk": _command_output([wrk_binary(), "--version"]).splitlines()[0:1],
-        "commit": _command_output(["git", "-C", str(RESULTS.parent), "rev-parse", "--short", "HEAD"]),
+        "wrk": " ".join(_command_output([wrk_binary(), "--version"]).split()[:2]),
+        "commit": _command_output(
+            ["git", "-C", str(RESULTS.parent.parent), "rev-parse", "--short", "HEAD"]
+        ),
     }
 
 
@@ -266,22 +279,28 @@ def measure_point(
         through_gateway = index == 1
         stack.gateway.check_alive()
         body_file = bodies.file(model, stream)
-
-        def load(seconds: float) -> WrkResult:
-            return run_wrk(
+        if options.warmup_s > 0:
+            run_wrk(
                 url,
-                body_file=body_file,  # noqa: B023 - called before the loop moves on
+                body_file=body_file,
                 key=ADMIN_KEY,
                 stream=stream,
                 connections=concurrency,
-                duration_s=seconds,
+                duration_s=options.warmup_s,
                 pin=pin,
             )
-
-        if options.warmup_s > 0:
-            load(options.warmup_s)
         meter = CpuMeter(stack.gateway.pid)
-        loads.append(load(options.duration_s))
+        loads.append(
+            run_wrk(
+                url,
+                body_file=body_file,
+                key=ADMIN_KEY,
+                stream=stream,
+                connections=concurrency,
+                duration_s=options.duration_s,
+                pin=pin,
+            )
+        )
         if through_gateway:
             cpu_percent = meter.percent()
         ttfts.append(
@@ -325,16 +344,19 @@ def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
-    progress = Console(stderr=True)
+    progress = Console(stderr=True, soft_wrap=True)
     console = Console(stderr=options.markdown)
+    if not console.is_terminal:
+        console.width = _LOG_WIDTH  # not 80 columns: the table would be unreadable in a log
     try:
         wrk_binary()
     except WrkError as error:
         progress.print(f"error: {error}")
         return 2
     # SIGTERM / SIGHUP unwind like Ctrl-C, so that the stack stops every process it started.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
+    # SIGINT too, explicitly: a shell starts background jobs with SIGINT ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     plan = CpuPlan.choose(options.pin)
     if plan.load is not None:
         os.sched_setaffinity(0, {plan.load})  # the TTFT client shares the load generator's CPU
@@ -363,8 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             interrupted = True
             progress.print("interrupted: every process is stopped")
-        except WrkError as error:
-            progress.print(f"error: {error}")
+        except (WrkError, StackError) as error:
+            progress.print(f"error: {error}", highlight=False, markup=False)
             return 1
     if interrupted:
         return 130
@@ -374,8 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{facts['memory_gb']} GB RAM · commit {facts['commit'] or '?'}",
         f"{plan.describe()} · {options.warmup_s:g} s warm-up + {options.duration_s:g} s "
         f"per run · {options.tokens} tokens per reply",
-        f"gateway RSS: {start_memory.rss_mb:.1f} MB at start, "
-        f"peak {end_memory.peak_rss_mb:.1f} MB",
+        f"gateway RSS: {start_memory.rss_mb:.1f} MB at start, peak {end_memory.peak_rss_mb:.1f} MB",
     ]
     print_report(console, points, targets, header, markdown=options.markdown)
     options.output.parent.mkdir(parents=True, exist_ok=True)

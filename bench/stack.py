@@ -223,7 +223,7 @@ class Stack:
         try:
             self._start_all()
         except BaseException:
-            self._exit.close()
+            self.stop()
             raise
         return self
 
@@ -233,7 +233,17 @@ class Stack:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._exit.close()
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop every process started so far; a second Ctrl-C cannot cut this short."""
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = [signal.signal(signum, signal.SIG_IGN) for signum in signals]
+        try:
+            self._exit.close()
+        finally:
+            for signum, handler in zip(signals, previous, strict=True):
+                signal.signal(signum, handler)
 
     def _start_all(self) -> None:
         for delay in self.delays_ms:

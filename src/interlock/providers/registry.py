@@ -9,10 +9,11 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import aiohttp
-from interlock.providers.local import LocalModelProvider
 
 from interlock.providers.anthropic import AnthropicProvider
 from interlock.providers.base import Provider
+from interlock.providers.http import create_session
+from interlock.providers.local import LocalModelProvider
 from interlock.providers.openai import OpenAIProvider
 from interlock.settings import DeploymentConfig, Settings
 
@@ -47,12 +48,7 @@ class ProviderRegistry:
         upstream = _upstream_of(deployment)
         session = self._sessions.get(upstream)
         if session is None:
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=_CONNECTIONS_PER_UPSTREAM, keepalive_timeout=30, ttl_dns_cache=300
-                ),
-                trust_env=False,
-            )
+            session = create_session(max_connections=_CONNECTIONS_PER_UPSTREAM)
             self._sessions[upstream] = session
         api_key = self._settings.api_key_for(deployment)
         if deployment.provider == "openai":

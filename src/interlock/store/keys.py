@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Select, or_, select, update
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -69,21 +69,21 @@ class KeyRecord:
         )
 
 
-def _record_query() -> Select[Any]:
-    return select(
-        ApiKey.id,
-        ApiKey.short_id,
-        ApiKey.name,
-        User.id,
-        User.name,
-        User.role,
-        User.tier,
-        User.status,
-        ApiKey.created_at,
-        ApiKey.expires_at,
-        ApiKey.revoked_at,
-        ApiKey.last_used_at,
-    ).join(User, ApiKey.user_id == User.id)
+# A key and its user, as KeyRecord's fields in order. An immutable SQL expression, no I/O.
+_RECORD_QUERY = select(
+    ApiKey.id,
+    ApiKey.short_id,
+    ApiKey.name,
+    User.id,
+    User.name,
+    User.role,
+    User.tier,
+    User.status,
+    ApiKey.created_at,
+    ApiKey.expires_at,
+    ApiKey.revoked_at,
+    ApiKey.last_used_at,
+).join(User, ApiKey.user_id == User.id)
 
 
 def _record(row: Any) -> KeyRecord:
@@ -180,12 +180,12 @@ class KeyStore:
             return None
         digest = hash_key(self._secret, key)
         async with self._db.session() as session:
-            row = (await session.execute(_record_query().where(ApiKey.key_hash == digest))).first()
+            row = (await session.execute(_RECORD_QUERY.where(ApiKey.key_hash == digest))).first()
         return None if row is None else _record(row)
 
     async def list_keys(self, user_id: str) -> list[KeyRecord]:
         """Every key of ``user_id``, oldest first (empty for an unknown user)."""
-        query = _record_query().where(ApiKey.user_id == user_id)
+        query = _RECORD_QUERY.where(ApiKey.user_id == user_id)
         async with self._db.session() as session:
             rows = await session.execute(query.order_by(ApiKey.created_at, ApiKey.id))
             return [_record(row) for row in rows]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from interlock.settings import ConfigError
 
-SECRET_FILE = "secret"
+FILE_NAME = "secret"
 MIN_SECRET_LENGTH = 32
 
 
@@ -34,7 +34,7 @@ def load_or_create_secret(data_dir: Path) -> bytes:
     Raises ``ConfigError`` if the file is readable by group or others, is not a regular
     file, or does not hold a secret.
     """
-    path = data_dir / SECRET_FILE
+    path = data_dir / FILE_NAME
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not path.exists() and not path.is_symlink():
