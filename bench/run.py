@@ -24,15 +24,16 @@ if __name__ == "__main__" and not __package__:
     except ImportError:
         import os
 
-        _VENV_PYTHON = _ROOT / ".venv" / "bin" / "python"
-        if _VENV_PYTHON.exists() and Path(sys.executable).resolve() != _VENV_PYTHON.resolve():
-            os.execv(_VENV_PYTHON, [str(_VENV_PYTHON), __file__, *sys.argv[1:]])
+        _VENV = _ROOT / ".venv"
+        if (_VENV / "bin" / "python").exists() and Path(sys.prefix) != _VENV:
+            os.execv(_VENV / "bin" / "python", [str(_VENV / "bin" / "python"), *sys.argv])
         raise
 
 import argparse
 import asyncio
 import datetime
 import json
+import math
 import os
 import platform
 import signal
@@ -338,6 +339,17 @@ def _progress(console: Console, number: int, total: int, point: Point) -> None:
 # -- the command -----------------------------------------------------------------------------
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN (a run with no samples) as null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt
 
@@ -429,7 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ],
         "elapsed_s": round(time.monotonic() - started, 1),
     }
-    options.output.write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
+    options.output.write_text(
+        json.dumps(_json_safe(document), indent=2, default=str), encoding="utf-8"
+    )
     progress.print(f"raw results: {options.output}", highlight=False)
     return 0
 

@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -16,6 +18,7 @@ import anyio
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from anyio.streams.buffered import BufferedByteReceiveStream
 from sqlalchemy import Connection, delete, event, inspect, select, text
 from tests.fixtures.postgres import PostgresServer, postgres_server, postgres_url  # noqa: F401
 
@@ -120,15 +123,63 @@ async def test_prepare_is_idempotent_and_keeps_data(store: KeyStore, db: Databas
     assert [row[0] for row in await raw_rows(db, "users")] == [user.id]
 
 
-async def test_instances_starting_together_migrate_once(database_url: str) -> None:
-    databases = [Database(database_url) for _ in range(4)]
+# One Interlock instance: once ready, and told to go, prepare the database.
+INSTANCE = """
+import asyncio, sys
+from interlock.store.database import Database
+from interlock.store.migrate import prepare
+
+async def main(url):
+    db = Database(url)
+    print("ready", flush=True)
+    sys.stdin.readline()
     try:
-        async with anyio.create_task_group() as group:
-            for database in databases:
-                group.start_soon(prepare, database)
-        assert await current_revision(databases[0]) == head_revision()
-        versions = await raw_rows(databases[0], "alembic_version")
-        assert versions == [(head_revision(),)]
+        await prepare(db)
+    finally:
+        await db.aclose()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_instances_starting_together_migrate_once(database_url: str) -> None:
+    command = [sys.executable, "-c", INSTANCE, database_url]
+    processes = [await anyio.open_process(command, stderr=subprocess.PIPE) for _ in range(3)]
+    try:
+        with anyio.fail_after(60):
+            for process in processes:  # every instance has imported everything
+                assert process.stdout is not None
+                line = await BufferedByteReceiveStream(process.stdout).receive_until(b"\n", 100)
+                assert line == b"ready"
+            for process in processes:  # and then they all start at once
+                assert process.stdin is not None
+                await process.stdin.send(b"go\n")
+            for process in processes:
+                assert process.stderr is not None
+                errors = b"".join([chunk async for chunk in process.stderr])
+                assert await process.wait() == 0, errors.decode()[-2000:]
+    finally:
+        for process in processes:
+            await process.aclose()
+    database = Database(database_url)
+    try:
+        assert await raw_rows(database, "alembic_version") == [(head_revision(),)]
+    finally:
+        await database.aclose()
+
+
+async def test_databases_prepared_at_once_in_one_process(database_url: str, tmp_path: Path) -> None:
+    # Alembic's globals would mix up two runs on one loop; the second database is another
+    # SQLite file, so that it is independent of the backend's own lock.
+    other = f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"
+    databases = [Database(url) for url in (database_url, database_url, other, other)]
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                for database in databases:
+                    group.start_soon(prepare, database)
+        for database in databases:
+            assert await current_revision(database) == head_revision()
     finally:
         for database in databases:
             await database.aclose()
@@ -153,8 +204,11 @@ async def test_an_unreachable_database_is_reported_without_its_password(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     if backend == "sqlite":
-        tmp_path.joinpath("a-directory").mkdir()
-        url, password = f"sqlite+aiosqlite:///{tmp_path / 'a-directory'}", None
+        # A corrupt file, not an unopenable path: aiosqlite 0.22 leaves a stray callback
+        # behind when sqlite3.connect itself fails (omnilib/aiosqlite#241).
+        corrupt = tmp_path / "corrupt.db"
+        corrupt.write_bytes(b"not a database, " * 512)
+        url, password = f"sqlite+aiosqlite:///{corrupt}", None
     else:
         server: PostgresServer = request.getfixturevalue("postgres_server")
         password = "wrong-password-hunter2"
@@ -167,6 +221,7 @@ async def test_an_unreachable_database_is_reported_without_its_password(
         await database.aclose()
     message = str(caught.value)
     assert message.startswith("cannot use the database at ")
+    assert ("file is not a database" if backend == "sqlite" else "password") in message
     if password is not None:
         assert password not in message
         assert password not in repr(database)

@@ -13,8 +13,10 @@ the schema as it was.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
+from weakref import WeakKeyDictionary
 
 from alembic import command
 from alembic.config import Config
@@ -29,6 +31,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_ID = 0x696C6D6967726174
 
 log = logging.getLogger(__name__)
+_ALEMBIC_TURNS: WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = WeakKeyDictionary()
 
 
 class SchemaTooNew(Exception):
@@ -66,7 +69,7 @@ async def current_revision(db: Database) -> str | None:
 
 async def upgrade(db: Database) -> None:
     """Migrate the database to head; raise ``SchemaTooNew`` if it is ahead of this code."""
-    async with db.engine.begin() as conn:
+    async with _alembic_turn(), db.engine.begin() as conn:
         await begin_exclusive(conn, MIGRATION_LOCK_ID)
         found, migrated = await conn.run_sync(_upgrade, alembic_config())
     if migrated:
@@ -81,6 +84,21 @@ async def prepare(db: Database) -> None:
     """
     await db.ping()
     await upgrade(db)
+
+
+def _alembic_turn() -> asyncio.Lock:
+    """The lock that lets one Alembic run at a time in this process.
+
+    Alembic keeps the running migration's context in module globals (``alembic.op``,
+    ``alembic.context``): two runs interleaved on one event loop (say, two databases prepared
+    at once) would send each other's DDL down the wrong connection. asyncio locks belong to
+    one loop, hence one per loop.
+    """
+    loop = asyncio.get_running_loop()
+    lock = _ALEMBIC_TURNS.get(loop)
+    if lock is None:
+        lock = _ALEMBIC_TURNS[loop] = asyncio.Lock()
+    return lock
 
 
 def _current_revision(connection: Connection) -> str | None:
