@@ -29,6 +29,7 @@ from interlock.providers.base import Timeouts
 from interlock.providers.registry import ProviderRegistry
 from interlock.routing.router import Router
 from interlock.settings import Settings
+from interlock.state import build_state
 from interlock.store.database import Database
 from interlock.store.keys import KeyStore
 from interlock.store.migrate import prepare
@@ -78,6 +79,8 @@ async def running(
             if settings.secret is not None
             else load_or_create_secret(settings.data_dir)
         )
+        state = build_state(settings.redis_url)
+        stack.push_async_callback(state.aclose)
         keys = KeyStore(database, secret)
         new_admin_key = await keys.ensure_admin_key(settings.admin_key)
         if settings.insecure_no_auth:
@@ -89,6 +92,7 @@ async def running(
         components = Components(
             settings=settings,
             database=database,
+            state=state,
             authenticator=Authenticator(keys, secret, insecure_no_auth=settings.insecure_no_auth),
             router=router,
             providers=providers,

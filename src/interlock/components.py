@@ -11,6 +11,7 @@ from interlock.chat.service import ChatService
 from interlock.providers.registry import ProviderRegistry
 from interlock.routing.router import Router
 from interlock.settings import Settings
+from interlock.state import SharedState
 from interlock.store.database import Database
 
 
@@ -18,6 +19,7 @@ from interlock.store.database import Database
 class Components:
     settings: Settings
     database: Database
+    state: SharedState
     authenticator: Authenticator
     router: Router
     providers: ProviderRegistry

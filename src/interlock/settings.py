@@ -186,6 +186,7 @@ class Settings:
     port: int
     data_dir: Path
     database_url: str
+    redis_url: str | None  # None: shared state lives in this process
     config_path: Path | None
     config: FileConfig
     secret: str | None  # INTERLOCK_SECRET; when None, the data dir keeps a generated one
@@ -276,6 +277,10 @@ def load_settings(
     else:
         database_url = _normalise_database_url(database_url, problems)
 
+    redis_url = env.get("REDIS_URL", "").strip() or None
+    if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        problems.append("REDIS_URL: expected a redis://, rediss:// or unix:// URL")
+
     secret = env.get("INTERLOCK_SECRET") or None
     if secret is not None and len(secret) < 32:
         problems.append("INTERLOCK_SECRET: must be at least 32 characters")
@@ -324,6 +329,7 @@ def load_settings(
         port=port,
         data_dir=data_dir,
         database_url=database_url,
+        redis_url=redis_url,
         config_path=config_path,
         config=config,
         secret=secret,

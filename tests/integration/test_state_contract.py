@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
-from tests.fixtures.redis import redis_server, redis_url  # noqa: F401 - fixtures
+from tests.fixtures.redis import redis_server_fixture, redis_url_fixture  # noqa: F401 - fixtures
 
 from interlock.state import Limit, SharedState, build_state
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import anyio
 import pytest
-from tests.fixtures.redis import RedisServer, redis_server, redis_url  # noqa: F401 - fixtures
+from tests.fixtures.redis import RedisServer, redis_server_fixture, redis_url_fixture  # noqa: F401 - fixtures
 
 from interlock.state import Limit, SharedState, StateUnavailable, build_state
 
@@ -198,3 +199,39 @@ async def test_a_subscription_survives_a_redis_restart(
     finally:
         await listener.aclose()
         await publisher.aclose()
+
+
+async def test_a_redis_restart_fails_no_request(redis_url: str, redis_server: RedisServer) -> None:
+    state = build_state(redis_url)
+    try:
+        async with anyio.create_task_group() as group:  # several pooled connections
+            for i in range(10):
+                group.start_soon(partial(state.kv.set, f"k{i}", b"v", ttl=30))
+        redis_server.kill()
+        redis_server.reset()
+        # every pooled connection is now broken: each is found out and replaced on use
+        async with anyio.create_task_group() as group:
+            for i in range(10):
+                group.start_soon(state.kv.get, f"k{i}")
+        assert state.healthy
+    finally:
+        await state.aclose()
+
+
+async def test_after_an_outage_redis_is_tried_again_by_itself(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    state = build_state(redis_url, retry_interval=0.2)
+    try:
+        redis_server.kill()
+        for _ in range(3):
+            with pytest.raises(StateUnavailable):
+                await state.kv.get("k")
+        redis_server.reset()
+        with pytest.raises(StateUnavailable, match="next attempt"):
+            await state.kv.get("k")
+        await anyio.sleep(0.25)
+        assert await state.kv.get("k") is None
+        assert state.healthy
+    finally:
+        await state.aclose()

@@ -168,21 +168,36 @@ async def test_instances_starting_together_migrate_once(database_url: str) -> No
         await database.aclose()
 
 
+# One process preparing several databases at once (in a process of its own, so that a
+# deadlock fails the test instead of hanging it).
+AT_ONCE = """
+import asyncio, sys
+import anyio
+from interlock.store.database import Database
+from interlock.store.migrate import current_revision, prepare
+
+async def main(urls):
+    databases = [Database(url) for url in urls]
+    async with anyio.create_task_group() as group:
+        for database in databases:
+            group.start_soon(prepare, database)
+    for database in databases:
+        print(await current_revision(database))
+        await database.aclose()
+
+asyncio.run(main(sys.argv[1:]))
+"""
+
+
 async def test_databases_prepared_at_once_in_one_process(database_url: str, tmp_path: Path) -> None:
     # Alembic's globals would mix up two runs on one loop; the second database is another
     # SQLite file, so that it is independent of the backend's own lock.
     other = f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"
-    databases = [Database(url) for url in (database_url, database_url, other, other)]
-    try:
-        with anyio.fail_after(60):
-            async with anyio.create_task_group() as group:
-                for database in databases:
-                    group.start_soon(prepare, database)
-        for database in databases:
-            assert await current_revision(database) == head_revision()
-    finally:
-        for database in databases:
-            await database.aclose()
+    command = [sys.executable, "-c", AT_ONCE, database_url, database_url, other, other]
+    with anyio.fail_after(30):
+        result = await anyio.run_process(command, check=False)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert result.stdout.decode().split() == [head_revision()] * 4
 
 
 async def test_a_database_from_a_newer_interlock_is_refused(db: Database) -> None:

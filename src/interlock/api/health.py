@@ -38,12 +38,24 @@ async def ready(request: Request) -> Response:
         checks["database"] = {"status": "down", "reason": f"ping failed ({type(exc).__name__})"}
     else:
         checks["database"] = {"status": "ok"}
+    if gateway.state.backend == "redis":
+        try:
+            async with asyncio.timeout(_DATABASE_PING_TIMEOUT):
+                await gateway.state.ping()
+        except Exception as exc:  # reported, not raised: the reason is its class only
+            # Each concern has its own fail-open/closed rule: degraded, not unready.
+            checks["redis"] = {
+                "status": "degraded",
+                "reason": f"ping failed ({type(exc).__name__})",
+            }
+        else:
+            checks["redis"] = {"status": "ok"}
     usable = gateway.providers.usable()
     if usable:
         checks["models"] = {"status": "ok", "usable_deployments": len(usable)}
     else:
         checks["models"] = {"status": "down", "reason": "no model deployment is usable"}
-    is_ready = all(check["status"] == "ok" for check in checks.values())
+    is_ready = all(check["status"] != "down" for check in checks.values())
     return _json(
         {"status": "ready" if is_ready else "unavailable", "checks": checks},
         200 if is_ready else 503,

@@ -4,11 +4,11 @@ For state that every request consults but that changes rarely (a circuit "open u
 record per deployment), a round trip to Redis per request per record is waste. A
 ``CachedReads`` keeps the last value read of each key for at most ``max_age`` seconds:
 
-- a fresh copy is answered locally, with no I/O;
-- the first reader to find a copy stale refreshes it; readers arriving while that refresh
-  is in flight get the stale copy instead of piling onto Redis, so a value seen is never
-  older than ``max_age`` plus one refresh (bounded by the state's timeout): with the
-  defaults, under one second;
+- a copy younger than ``max_age`` is answered locally, with no I/O;
+- the first reader to find a copy older refreshes it; readers arriving while that refresh
+  is in flight get the old copy instead of piling onto Redis, as long as it is younger
+  than twice ``max_age``. So no value served is older than ``2 * max_age`` (one second
+  with the default), counting from when the read that fetched it started;
 - writes through ``set`` / ``delete`` update the local copy at once, so this instance sees
   its own writes; a subscriber to an invalidation channel can ``forget`` a key early.
 
@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from interlock.state.interface import KeyValue
 
-DEFAULT_MAX_AGE = 0.5
+DEFAULT_MAX_AGE = 0.5  # so nothing served is a second old
 DEFAULT_MAX_ENTRIES = 10_000
 
 
@@ -37,7 +37,8 @@ class _Copy:
 
 
 class CachedReads:
-    """A read-through local copy of ``kv`` records, at most ``max_age`` seconds old."""
+    """A read-through local copy of ``kv`` records, served while younger than ``max_age``
+    (``2 * max_age`` while a refresh is in flight)."""
 
     def __init__(
         self,
@@ -54,11 +55,16 @@ class CachedReads:
         self._copies: dict[str, _Copy] = {}
 
     async def get(self, key: str) -> bytes | None:
-        """The record's value as of at most ``max_age`` (plus one refresh) ago."""
+        """The record's value as of less than ``2 * max_age`` ago (see the module docstring).
+
+        Raises ``StateUnavailable`` when it has to read and the state cannot answer.
+        """
         now = self._clock()
         copy = self._copies.get(key)
-        if copy is not None and (now - copy.fetched_at < self._max_age or copy.refreshing):
-            return copy.value
+        if copy is not None:
+            age = now - copy.fetched_at
+            if age < self._max_age or (copy.refreshing and age < 2 * self._max_age):
+                return copy.value
         if copy is not None:
             copy.refreshing = True
         try:

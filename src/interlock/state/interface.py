@@ -72,10 +72,6 @@ class ScopeStatus:
     reset: float
     retry_after: float
 
-    @property
-    def admits(self) -> bool:
-        return self.retry_after == 0.0
-
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -108,15 +104,18 @@ class Decision:
 
 class RateLimits(Protocol):
     """Token buckets in the GCRA form: each scope holds up to ``limit`` units and refills
-    continuously at ``limit / window`` units per second (a burst of ``limit``, then the
-    steady rate) — the semantics of OpenAI's ``x-ratelimit-*`` headers."""
+    continuously at ``limit / window`` units per second — the semantics of OpenAI's
+    ``x-ratelimit-*`` headers. A full bucket admits a burst of ``limit`` at once, so over
+    any ``t`` seconds at most ``limit * (1 + t / window)`` units are admitted; in the long
+    run, ``limit`` per ``window``. A bucket nobody touched for a window is gone (full)."""
 
     async def admit(self, scopes: Sequence[Limit]) -> Decision:
         """Atomically check every scope and, only if all admit, record every cost.
 
         All or nothing: a refusal records nothing in any scope. With Redis this is one
         script round trip on the server's clock, so concurrent callers on any instance never
-        admit more than the limit. Keys must be distinct within one call. Raises
+        admit more than the limit. Keys must be distinct within one call; costs are ``>= 0``
+        (a cost of 0 only asks whether the scope is over its limit). Raises
         ``StateUnavailable``.
         """
         ...

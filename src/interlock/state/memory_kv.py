@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
-from interlock.state.expiry import ExpiryIndex
+from interlock.state.expiry import SWEEP_BUDGET, ExpiryIndex
 
 # What one entry costs beyond its key and value (dict slot, list node, the entry object,
 # the bytes header), so that many tiny entries cannot outgrow the budget unseen.
@@ -70,7 +70,7 @@ class MemoryKeyValue:
             self._expiry.forget(key)
 
     def _sweep(self, now: float) -> None:
-        for _ in range(4):
+        for _ in range(SWEEP_BUDGET):
             key = self._expiry.pop_due(now)
             if key is None:
                 return

@@ -3,7 +3,8 @@ the one place where a Redis failure becomes ``StateUnavailable``.
 
 Time bounds: connecting and each read are bounded by ``timeout``; waiting for a free pooled
 connection (only when ``max_connections`` operations are already in flight) by
-``pool_timeout``. redis-py's own retries are off: one attempt, then the caller decides.
+``pool_timeout``. A call is tried again only when its connection turns out to be broken
+(reconnecting at once); otherwise it fails and the caller decides.
 
 Once Redis is seen down (``DOWN_AFTER`` operations in a row refused, reset or timed out),
 operations fail at once, without touching the network, for ``retry_interval`` seconds; then
@@ -45,6 +46,9 @@ def _pool_exhausted(exc: BaseException) -> bool:
 
 
 class RedisLink:
+    """The pooled client, the key prefix and the health record that every Redis capability
+    of one state object shares."""
+
     def __init__(
         self,
         url: str,
@@ -62,7 +66,10 @@ class RedisLink:
             timeout=pool_timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
+            # One immediate retry, on a broken connection only: a pooled connection that
+            # Redis closed (it restarted, or dropped idle clients) is found out on use, and
+            # must not fail a request. A timeout is never retried: that is the bound.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self.client: Redis = Redis.from_pool(pool)
         self.prefix = prefix

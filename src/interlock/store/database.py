@@ -134,10 +134,10 @@ async def begin_exclusive(conn: AsyncConnection, lock_id: int) -> None:
     the database-wide write lock (the driver has not begun a transaction yet at this point, and
     commits or rolls back this one when SQLAlchemy does). Call it first in the transaction.
     """
-    if False:
+    if conn.dialect.name == "postgresql":
         await conn.execute(text("SELECT pg_advisory_xact_lock(:lock_id)"), {"lock_id": lock_id})
-    elif False:
-        pass
+    elif conn.dialect.name == "sqlite":
+        await conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _enable_wal(cursor: Any) -> None:
