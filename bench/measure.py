@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from bench.procstat import CpuMeter, memory
+from bench.procstat import CpuMeter, OtherLoadMeter, memory
 from bench.results import Mode, Point
 from bench.stack import ADMIN_KEY, UPSTREAM_MODEL, CpuPlan, Stack, StackError, gateway_model
 from bench.ttft import TtftResult, measure_ttft
@@ -108,53 +108,78 @@ def _ttft(url: str, body: bytes, concurrency: int, timing: Timing) -> TtftResult
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Side:
+    load: WrkResult
+    ttft: TtftResult | None
+    gateway_cpu_percent: float
+
+
+def _measure_side(
+    stack: Stack,
+    url: str,
+    body_file: Path,
+    ttft_body: bytes | None,
+    concurrency: int,
+    timing: Timing,
+) -> _Side:
+    """wrk warm-up, measured wrk run (sampling the gateway's CPU), then the TTFT client."""
+    stack.gateway.check_alive()
+
+    def wrk(seconds: int) -> WrkResult:
+        return run_wrk(
+            url,
+            body_file=body_file,
+            key=ADMIN_KEY,
+            stream=ttft_body is not None,
+            connections=concurrency,
+            duration_s=seconds,
+            pin=CpuPlan.prefix(stack.plan.load),
+        )
+
+    if timing.warmup_s:
+        wrk(timing.warmup_s)
+    meter = CpuMeter(stack.gateway.pid)
+    load = wrk(timing.duration_s)
+    cpu_percent = meter.percent()
+    ttft = (
+        _ttft(url, ttft_body, concurrency, timing)
+        if ttft_body is not None and timing.ttft
+        else None
+    )
+    return _Side(load, ttft, cpu_percent)
+
+
 def measure_point(
     stack: Stack, bodies: Bodies, timing: Timing, delay: float, mode: Mode, concurrency: int
 ) -> Point:
-    """wrk (warm-up, then measured) and, when streaming, the TTFT client: first straight to
-    the upstream with ``delay``, then through the gateway, sampling the gateway's CPU."""
+    """The same load straight to the upstream with ``delay``, then through the gateway."""
     stream = mode == "stream"
-    pin = CpuPlan.prefix(stack.plan.load)
-    loads: list[WrkResult] = []
-    ttfts: list[TtftResult | None] = []
-    cpu_percent = 0.0
-    for base_url, model in (
-        (stack.upstreams[delay].url, UPSTREAM_MODEL),
-        (stack.gateway.url, gateway_model(delay)),
-    ):
-        stack.gateway.check_alive()
-        url = base_url + _CHAT_PATH
-        body_file = bodies.file(model, stream)
-
-        def load(seconds: int, url: str = url, body_file: Path = body_file) -> WrkResult:
-            return run_wrk(
-                url,
-                body_file=body_file,
-                key=ADMIN_KEY,
-                stream=stream,
-                connections=concurrency,
-                duration_s=seconds,
-                pin=pin,
-            )
-
-        if timing.warmup_s:
-            load(timing.warmup_s)
-        meter = CpuMeter(stack.gateway.pid)
-        loads.append(load(timing.duration_s))
-        cpu_percent = meter.percent()  # the gateway run's replaces the direct run's (idle)
-        ttfts.append(
-            _ttft(url, bodies.payload(model, True), concurrency, timing)
-            if stream and timing.ttft
-            else None
+    other_load = OtherLoadMeter([stack.gateway.pid, *(u.pid for u in stack.upstreams.values())])
+    sides = [
+        _measure_side(
+            stack,
+            base_url + _CHAT_PATH,
+            bodies.file(model, stream),
+            bodies.payload(model, stream) if stream else None,
+            concurrency,
+            timing,
         )
+        for base_url, model in (
+            (stack.upstreams[delay].url, UPSTREAM_MODEL),  # direct first
+            (stack.gateway.url, gateway_model(delay)),
+        )
+    ]
+    direct, gateway = sides
     return Point(
         delay_ms=delay,
         mode=mode,
         concurrency=concurrency,
-        direct=loads[0],
-        gateway=loads[1],
-        direct_ttft=ttfts[0],
-        gateway_ttft=ttfts[1],
-        gateway_cpu_percent=cpu_percent,
+        direct=direct.load,
+        gateway=gateway.load,
+        direct_ttft=direct.ttft,
+        gateway_ttft=gateway.ttft,
+        gateway_cpu_percent=gateway.gateway_cpu_percent,
         gateway_rss_mb=memory(stack.gateway.pid).rss_mb,
+        other_cpu_percent=other_load.percent(),
     )

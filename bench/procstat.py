@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,3 +53,44 @@ class CpuMeter:
         if elapsed <= 0:
             return 0.0
         return 100.0 * (cpu_seconds(self._pid) - self._cpu) / elapsed
+
+
+def _machine_busy_seconds() -> float:
+    """CPU time every CPU of the machine spent busy (or stolen by the hypervisor) so far."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = stat.readline().split()  # "cpu  user nice system idle iowait irq softirq steal"
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / _TICKS_PER_SECOND
+
+
+def _own_seconds(pids: Sequence[int]) -> float:
+    """CPU time of ``pids``, of this process, and of its waited-for children (the wrk runs)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
+class OtherLoadMeter:
+    """CPU used on the machine by anything but the benchmark, as % of one core.
+
+    Other processes on the two cores (a test suite, a build) skew every number; this says
+    how much they took while a point was measured, so that a skewed point can be told apart.
+    """
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self._pids = tuple(pids)
+        self._started = time.monotonic()
+        self._busy = _machine_busy_seconds()
+        self._own = _own_seconds(self._pids)
+
+    def percent(self) -> float:
+        elapsed = time.monotonic() - self._started
+        if elapsed <= 0:
+            return 0.0
+        busy = _machine_busy_seconds() - self._busy
+        own = _own_seconds(self._pids) - self._own
+        return max(0.0, 100.0 * (busy - own) / elapsed)

@@ -39,6 +39,9 @@ def _row(point: Point) -> list[str]:
         added = point.ttft_added_p50_ms
         ttft_added = f"{added:+.2f}" if added is not None and not math.isnan(added) else "-"
     problems = point.problems()
+    check = "; ".join(problems) if problems else "ok"
+    if point.warnings():
+        check += f" ({'; '.join(point.warnings())})"
     return [
         f"{point.delay_ms:g} ms",
         point.mode,
@@ -52,7 +55,7 @@ def _row(point: Point) -> list[str]:
         ttft_pair,
         ttft_added,
         f"{point.gateway_cpu_percent:.0f} %",
-        "; ".join(problems) if problems else "ok",
+        check,
     ]
 
 
@@ -62,7 +65,7 @@ def terminal_table(points: Sequence[Point], title: str) -> Table:
         table.add_column(name, justify="left" if name in ("mode", "check") else "right")
     for point in points:
         row = _row(point)
-        style = "red" if point.problems() else None
+        style = "red" if point.problems() else "yellow" if point.warnings() else None
         table.add_row(*row, style=style)
     return table
 

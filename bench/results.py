@@ -13,6 +13,9 @@ from bench.wrk import WrkResult
 
 Mode = Literal["json", "stream"]
 
+# Other processes using more than this share of one core during a point skew it visibly.
+OTHER_LOAD_WARNING_PERCENT = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class Point:
@@ -27,6 +30,7 @@ class Point:
     gateway_ttft: TtftResult | None
     gateway_cpu_percent: float  # during the gateway's wrk run, % of one core
     gateway_rss_mb: float  # after the point
+    other_cpu_percent: float  # CPU used by other processes on the machine, % of one core
 
     @property
     def added_p50_ms(self) -> float:
@@ -59,6 +63,12 @@ class Point:
             problems.append(f"direct TTFT client: {self.direct_ttft.errors} bad streams")
         return problems + self.gateway_problems()
 
+    def warnings(self) -> list[str]:
+        """Why this point's numbers may be skewed, though every reply was good."""
+        if self.other_cpu_percent > OTHER_LOAD_WARNING_PERCENT:
+            return [f"other load {self.other_cpu_percent:.0f} %"]
+        return []
+
     def to_json(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
         doc.update(
@@ -66,6 +76,7 @@ class Point:
             p50_ratio=self.p50_ratio,
             ttft_added_p50_ms=self.ttft_added_p50_ms,
             problems=self.problems(),
+            warnings=self.warnings(),
         )
         return doc
 

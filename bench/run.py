@@ -45,14 +45,15 @@ from rich.console import Console
 
 from bench.machine import machine_facts
 from bench.measure import Bodies, Timing, check_gateway_answers, measure_point
-from bench.procstat import memory
+from bench.procstat import OtherLoadMeter, memory
 from bench.report import print_report
-from bench.results import Mode, Point, Target, evaluate_targets
+from bench.results import OTHER_LOAD_WARNING_PERCENT, Mode, Point, Target, evaluate_targets
 from bench.stack import CpuPlan, Stack, StackError
 from bench.wrk import WrkError, wrk_binary
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 _LOG_WIDTH = 200
+_QUIET_CHECK_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +154,11 @@ def _progress(console: Console, number: int, total: int, point: Point) -> None:
             f", TTFT {point.direct_ttft.ttft_p50_ms:.2f} / {point.gateway_ttft.ttft_p50_ms:.2f} ms"
         )
     problems = point.problems()
-    console.print(text + (f" [red]({'; '.join(problems)})[/]" if problems else ""), highlight=False)
+    if problems:
+        text += f" [red]({'; '.join(problems)})[/]"
+    if point.warnings():
+        text += f" [yellow]({'; '.join(point.warnings())})[/]"
+    console.print(text, highlight=False)
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -251,6 +256,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if plan.load is not None:
         os.sched_setaffinity(0, {plan.load})  # the TTFT client shares the load generator's CPU
     facts = machine_facts(wrk)
+    quiet = OtherLoadMeter([])
+    time.sleep(_QUIET_CHECK_S)
+    facts["other_load_before_percent"] = round(quiet.percent(), 1)
+    if facts["other_load_before_percent"] > OTHER_LOAD_WARNING_PERCENT:
+        progress.print(
+            f"[yellow]warning: other processes are using {facts['other_load_before_percent']:.0f} "
+            "% of a core; the numbers will be skewed (see the check column)[/]",
+            highlight=False,
+        )
     timing = options.timing
     progress.print(
         f"{options.point_count} points, {timing.warmup_s} s warm-up + {timing.duration_s} s "

@@ -10,9 +10,11 @@ the bundled SmolLM2 model.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -115,8 +117,89 @@ class ModelConfig(_Strict):
     description: str = ""
 
 
+# Bounds on limits and budgets, in the config file and at the admin API: past them a value is
+# a typo (a budget of a billion is not a budget), not a setting.
+MAX_RPM = 10_000_000
+MAX_TPM = 10_000_000_000
+MAX_CONCURRENT = 1_000_000
+MAX_BUDGET = Decimal(1_000_000_000)
+BUDGET_DECIMAL_PLACES = 6
+TIER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
 class TierConfig(_Strict):
-    models: list[str] = Field(default_factory=lambda: ["*"])
+    """What the users of one tier may do: which models, how fast, how much spend.
+
+    ``None`` means no limit of that kind. Every key of a user of the tier can only narrow this.
+    """
+
+    models: list[str] | Literal["*"] = "*"
+    rpm: int | None = Field(default=None, ge=1, le=MAX_RPM, description="requests per minute")
+    tpm: int | None = Field(default=None, ge=1, le=MAX_TPM, description="tokens per minute")
+    max_concurrent: int | None = Field(default=None, ge=1, le=MAX_CONCURRENT)
+    daily_budget: Decimal | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_BUDGET,
+        allow_inf_nan=False,
+        decimal_places=BUDGET_DECIMAL_PLACES,
+        description="currency per UTC day",
+    )
+    monthly_budget: Decimal | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_BUDGET,
+        allow_inf_nan=False,
+        decimal_places=BUDGET_DECIMAL_PLACES,
+        description="currency per UTC calendar month",
+    )
+    description: str = ""
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _star_or_list(cls, value: object) -> object:
+        if isinstance(value, str) and value != "*":
+            raise ValueError('expected a list of model names or "*"')
+        if isinstance(value, list) and "*" in value:
+            return "*"  # ["*"] means every model, as "*" does
+        return value
+
+    @property
+    def allowed_models(self) -> frozenset[str] | None:
+        """The public models the tier may use; None for every model."""
+        return None if self.models == "*" else frozenset(self.models)
+
+
+def default_tiers() -> dict[str, TierConfig]:
+    """The tiers that exist without configuration; ``[tiers.NAME]`` overrides or adds."""
+    return {
+        "free": TierConfig(
+            rpm=20,
+            tpm=40_000,
+            max_concurrent=2,
+            daily_budget=Decimal(1),
+            monthly_budget=Decimal(10),
+        ),
+        "premium": TierConfig(
+            rpm=300,
+            tpm=1_000_000,
+            max_concurrent=10,
+            daily_budget=Decimal(50),
+            monthly_budget=Decimal(500),
+        ),
+        "enterprise": TierConfig(),
+    }
+
+
+class AuthConfig(_Strict):
+    """``[auth]``: defaults for identities."""
+
+    default_tier: str = Field(
+        default="free", description="tier of users created without one, sessions' included"
+    )
+    session_leeway: float = Field(
+        default=30.0, ge=0, le=300, description="clock skew allowed on exp / nbf, in seconds"
+    )
 
 
 class LocalModelConfig(_Strict):
@@ -141,7 +224,13 @@ class FileConfig(_Strict):
     server: ServerConfig = ServerConfig()
     local_model: LocalModelConfig = LocalModelConfig()
     models: dict[str, ModelConfig] = Field(default_factory=dict)
-    tiers: dict[str, TierConfig] = Field(default_factory=dict)
+    tiers: dict[str, TierConfig] = Field(default_factory=default_tiers)
+    auth: AuthConfig = AuthConfig()
+
+    @field_validator("tiers", mode="after")
+    @classmethod
+    def _over_default_tiers(cls, value: dict[str, TierConfig]) -> dict[str, TierConfig]:
+        return {**default_tiers(), **value}
 
     @model_validator(mode="after")
     def _check_references(self) -> FileConfig:
@@ -163,9 +252,16 @@ class FileConfig(_Strict):
                     )
                 names.add(deployment.name)
         for tier_name, tier in self.tiers.items():
-            for model_name in tier.models:
-                if model_name != "*" and model_name not in self.models:
+            if not TIER_NAME.fullmatch(tier_name):
+                problems.append(
+                    f"tiers.{tier_name}: a tier name is 1 to 64 characters: lowercase letters, "
+                    "digits, - and _"
+                )
+            for model_name in tier.allowed_models or ():
+                if model_name not in self.models:
                     problems.append(f"tiers.{tier_name}.models: unknown model {model_name!r}")
+        if self.auth.default_tier not in self.tiers:
+            problems.append(f"auth.default_tier: unknown tier {self.auth.default_tier!r}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -98,7 +98,7 @@ async def raw_rows(db: Database, table: str) -> list[tuple[Any, ...]]:
 async def test_an_empty_database_is_migrated_to_head(db: Database) -> None:
     assert await current_revision(db) is None
     await prepare(db)
-    assert await current_revision(db) == head_revision() == "0001"
+    assert await current_revision(db) == head_revision()
     async with db.engine.connect() as conn:
         tables = await conn.run_sync(lambda sync: set(inspect(sync).get_table_names()))
     assert {"users", "api_keys", "alembic_version"} <= tables

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Literal
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
+    Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     String,
     TypeDecorator,
 )
@@ -105,3 +110,43 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+UsageSource = Literal["provider", "estimated"]
+
+
+class UsageRow(Base):
+    """One chat request, as billed: who, which model and deployment, tokens, cost, outcome.
+
+    Written in batches by ``interlock.telemetry.ledger``; the request id makes a replayed
+    write a no-op. No foreign keys: a bill outlives the user or key it names.
+    """
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        CheckConstraint("usage_source IN ('provider', 'estimated')", name="usage_source"),
+        Index("ix_usage_records_user_id_created_at", "user_id", "created_at"),
+        Index("ix_usage_records_model_created_at", "model", "created_at"),
+    )
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    user_id: Mapped[str | None] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(64))
+    tier: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(200))  # the public model asked for
+    provider: Mapped[str] = mapped_column(String(64))
+    deployment: Mapped[str] = mapped_column(String(200))
+    input_tokens: Mapped[int] = mapped_column(Integer)  # including the cached ones
+    output_tokens: Mapped[int] = mapped_column(Integer)
+    cached_tokens: Mapped[int] = mapped_column(Integer)
+    cost: Mapped[Decimal] = mapped_column(Numeric(20, 10))  # currency units
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    ttft_ms: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[int] = mapped_column(Integer)  # the HTTP status sent; 499: the client left
+    error: Mapped[str | None] = mapped_column(String(64))  # the error code, if any
+    cache_hit: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer)
+    streaming: Mapped[bool] = mapped_column(Boolean)
+    usage_source: Mapped[UsageSource] = mapped_column(String(16))
+    partial: Mapped[bool] = mapped_column(Boolean)
