@@ -155,7 +155,7 @@ def measure_point(
 ) -> Point:
     """The same load straight to the upstream with ``delay``, then through the gateway."""
     stream = mode == "stream"
-    other_load = OtherLoadMeter([stack.gateway.pid, *(u.pid for u in stack.upstreams.values())])
+    other_load = OtherLoadMeter(stack.pids)
     sides = [
         _measure_side(
             stack,

@@ -66,6 +66,7 @@ class Options:
     pin: bool
     markdown: bool
     output: Path
+    wait_quiet_s: int
 
     @property
     def point_count(self) -> int:
@@ -121,6 +122,13 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--markdown", action="store_true", help="also print a Markdown table on stdout"
     )
+    parser.add_argument(
+        "--wait-quiet",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="before each point, wait up to this long for other processes to go quiet [0]",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results [{RESULTS}]")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -140,6 +148,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         pin=not args.no_pin,
         markdown=args.markdown,
         output=args.output,
+        wait_quiet_s=max(0, args.wait_quiet),
     )
 
 
@@ -188,6 +197,22 @@ class Run:
     peak_rss_mb: float
 
 
+def _wait_until_quiet(stack: Stack, limit_s: int, progress: Console) -> None:
+    """Sample other processes' CPU use, one second at a time, until it is below the warning
+    level or ``limit_s`` has passed (a shared machine: someone's test suite)."""
+    deadline = time.monotonic() + limit_s
+    said = False
+    while True:
+        meter = OtherLoadMeter(stack.pids)
+        time.sleep(1)
+        load = meter.percent()
+        if load <= OTHER_LOAD_WARNING_PERCENT or time.monotonic() >= deadline:
+            return
+        if not said:
+            progress.print(f"waiting for other processes to go quiet ({load:.0f} % of a core)")
+            said = True
+
+
 def measure_all(options: Options, plan: CpuPlan, progress: Console) -> Run:
     """Start the stack, measure every point, stop the stack (whatever happens)."""
     points: list[Point] = []
@@ -201,6 +226,8 @@ def measure_all(options: Options, plan: CpuPlan, progress: Console) -> Run:
         for delay in options.delays_ms:
             for mode in options.modes:
                 for concurrency in options.concurrencies:
+                    if options.wait_quiet_s:
+                        _wait_until_quiet(stack, options.wait_quiet_s, progress)
                     point = measure_point(stack, bodies, options.timing, delay, mode, concurrency)
                     points.append(point)
                     _progress(progress, len(points), options.point_count, point)
@@ -219,6 +246,7 @@ def _results_document(
             "warmup_s": options.timing.warmup_s,
             "duration_s": options.timing.duration_s,
             "tokens": options.tokens,
+            "wait_quiet_s": options.wait_quiet_s,
             "pinning": {"gateway_cpu": plan.gateway, "load_cpu": plan.load},
         },
         "gateway": {"rss_at_start_mb": run.rss_at_start_mb, "peak_rss_mb": run.peak_rss_mb},

@@ -219,6 +219,12 @@ class Stack:
             raise RuntimeError("the stack is not started")
         return self._gateway
 
+    @property
+    def pids(self) -> list[int]:
+        """Every process of the stack."""
+        services = [*self.upstreams.values(), *([self._gateway] if self._gateway else [])]
+        return [service.pid for service in services]
+
     def __enter__(self) -> Self:
         try:
             self._start_all()

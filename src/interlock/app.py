@@ -19,21 +19,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from interlock.api import health, openai
+from interlock.api import admin, health, openai, usage
+from interlock.api import keys as own_keys
 from interlock.api.errors import openai_error_response
-from interlock.auth.authenticator import Authenticator
+from interlock.auth.identity import open_identity
 from interlock.chat.service import ChatService
 from interlock.components import Components
 from interlock.errors import InterlockError, InternalError, NotFound
-from interlock.providers.base import Timeouts
 from interlock.providers.registry import ProviderRegistry
-from interlock.routing.router import Router
 from interlock.settings import Settings
 from interlock.state import build_state
 from interlock.store.database import Database
 from interlock.store.keys import KeyStore
 from interlock.store.migrate import prepare
 from interlock.store.secret import load_or_create_secret
+from interlock.telemetry.ledger import build_ledger
+from interlock.telemetry.prices import DeploymentPrices, packaged_price_table
 
 log = structlog.get_logger("interlock.app")
 
@@ -74,6 +75,12 @@ async def running(
         database = Database(settings.database_url)
         stack.push_async_callback(database.aclose)
         await prepare(database)
+        # Usage: started once the schema is there (it replays the outbox of a killed
+        # process), closed before the database (the exit stack unwinds in reverse order).
+        ledger = build_ledger(settings, database)
+        await ledger.start()
+        stack.push_async_callback(ledger.aclose)
+        prices = DeploymentPrices(settings.config.models, packaged_price_table())
         secret = (
             settings.secret.encode()
             if settings.secret is not None
@@ -83,20 +90,29 @@ async def running(
         stack.push_async_callback(state.aclose)
         keys = KeyStore(database, secret)
         new_admin_key = await keys.ensure_admin_key(settings.admin_key)
+        identity = await stack.enter_async_context(open_identity(settings, database, keys, secret))
         if settings.insecure_no_auth:
             log.warning("authentication_disabled", flag="INTERLOCK_INSECURE_NO_AUTH")
         providers = ProviderRegistry(settings)
         stack.push_async_callback(providers.aclose)
         await providers.start()
-        router = Router(settings.config.models, settings.config.server.timeouts.over(Timeouts()))
+        # Routing, retries, circuits and capacity over the shared state (see chat.service).
+        service = ChatService.from_config(settings.config, providers, state)
+        stack.push_async_callback(service.aclose)
+        router = service.router
         components = Components(
             settings=settings,
             database=database,
             state=state,
-            authenticator=Authenticator(keys, secret, insecure_no_auth=settings.insecure_no_auth),
+            authenticator=identity.authenticator,
             router=router,
             providers=providers,
-            service=ChatService(router, providers),
+            service=service,
+            ledger=ledger,
+            prices=prices,
+            keys=keys,
+            users=identity.users,
+            tiers=identity.tiers,
         )
         if announce is not None:
             announce(settings, new_admin_key)
@@ -124,7 +140,7 @@ class InterlockApp:
         self.settings = settings
         self._announce = announce
         self.http = Starlette(
-            routes=[*health.routes, *openai.routes],
+            routes=[*health.routes, *openai.routes, *usage.routes, *admin.routes, *own_keys.routes],
             exception_handlers={404: _not_found, 405: _not_found, Exception: _internal_error},
         )
 

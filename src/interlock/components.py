@@ -7,12 +7,17 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 
 from interlock.auth.authenticator import Authenticator
+from interlock.auth.tiers import Tiers
 from interlock.chat.service import ChatService
 from interlock.providers.registry import ProviderRegistry
 from interlock.routing.router import Router
 from interlock.settings import Settings
 from interlock.state import SharedState
 from interlock.store.database import Database
+from interlock.store.keys import KeyStore
+from interlock.store.users import UserStore
+from interlock.telemetry.ledger import UsageLedger
+from interlock.telemetry.prices import DeploymentPrices
 
 
 @dataclass(slots=True)
@@ -24,6 +29,11 @@ class Components:
     router: Router
     providers: ProviderRegistry
     service: ChatService
+    ledger: UsageLedger  # usage rows, written in batches
+    prices: DeploymentPrices  # what each deployment's tokens cost
+    keys: KeyStore  # API keys (hashes only)
+    users: UserStore
+    tiers: Tiers  # the configured tiers, as scopes
 
 
 def components_of(connection: HTTPConnection) -> Components:

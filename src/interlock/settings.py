@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -134,9 +134,14 @@ class TierConfig(_Strict):
     """
 
     models: list[str] | Literal["*"] = "*"
-    rpm: int | None = Field(default=None, ge=1, le=MAX_RPM, description="requests per minute")
-    tpm: int | None = Field(default=None, ge=1, le=MAX_TPM, description="tokens per minute")
-    max_concurrent: int | None = Field(default=None, ge=1, le=MAX_CONCURRENT)
+    # Strict: `rpm = true` or `rpm = 2.5` is a mistake, not 1 or 2.
+    rpm: int | None = Field(
+        default=None, ge=1, le=MAX_RPM, strict=True, description="requests per minute"
+    )
+    tpm: int | None = Field(
+        default=None, ge=1, le=MAX_TPM, strict=True, description="tokens per minute"
+    )
+    max_concurrent: int | None = Field(default=None, ge=1, le=MAX_CONCURRENT, strict=True)
     daily_budget: Decimal | None = Field(
         default=None,
         ge=0,
@@ -218,6 +223,59 @@ class ServerConfig(_Strict):
     timeouts: TimeoutConfig = TimeoutConfig()
 
 
+class UsageConfig(_Strict):
+    """The usage ledger: how often usage rows are written, and how much may wait in memory."""
+
+    flush_interval_ms: int = Field(default=1000, ge=10, le=60_000)
+    batch_size: int = Field(default=500, ge=1, le=1000, description="rows per INSERT")
+    # Rows kept in memory while the database is unreachable; beyond, only in the outbox.
+    max_buffered: int = Field(default=100_000, ge=1000, le=10_000_000)
+    outbox: bool = Field(default=True, description="write-ahead file in the data dir")
+
+
+# ---- routing and resilience: [routing] ----------------------------------------------------
+
+
+class RetryConfig(_Strict):
+    """``[routing.retry]``: retrying the same deployment after a transient failure."""
+
+    max_retries: int = Field(default=1, ge=0, le=10, description="per deployment and request")
+    backoff_base: PositiveSeconds = 0.1
+    backoff_max: PositiveSeconds = 2.0
+    budget_ratio: float = Field(default=0.2, ge=0, le=10, description="retries / requests")
+    budget_min: int = Field(default=10, ge=0, le=1_000_000, description="retries per window")
+    budget_window: PositiveSeconds = 10.0
+
+
+class BreakerConfig(_Strict):
+    """``[routing.breaker]``: the circuit breaker of every deployment."""
+
+    failure_rate: float = Field(default=0.5, gt=0, le=1)
+    min_calls: int = Field(default=10, ge=1, le=1_000_000)
+    window: PositiveSeconds = 30.0
+    cooldown: PositiveSeconds = 5.0
+    max_cooldown: PositiveSeconds = 300.0
+    probes: int = Field(default=1, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _check_cooldowns(self) -> BreakerConfig:
+        if self.max_cooldown < self.cooldown:
+            raise ValueError("max_cooldown must not be shorter than cooldown")
+        return self
+
+
+class RoutingConfig(_Strict):
+    """``[routing]``: retries, circuit breakers, cooldowns and capacity accounting."""
+
+    retry: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    rate_limit_cooldown: PositiveSeconds = 1.0
+    max_cooldown: PositiveSeconds = 300.0
+    slot_lease: PositiveSeconds = 60.0
+    default_output_tokens: int = Field(default=1024, ge=1, le=10_000_000)
+    state_max_age: float = Field(default=0.5, gt=0, le=0.5)
+
+
 class FileConfig(_Strict):
     """The whole of ``interlock.toml``."""
 
@@ -226,6 +284,8 @@ class FileConfig(_Strict):
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     tiers: dict[str, TierConfig] = Field(default_factory=default_tiers)
     auth: AuthConfig = AuthConfig()
+    usage: UsageConfig = UsageConfig()
+    routing: RoutingConfig = RoutingConfig()
 
     @field_validator("tiers", mode="after")
     @classmethod
@@ -257,7 +317,7 @@ class FileConfig(_Strict):
                     f"tiers.{tier_name}: a tier name is 1 to 64 characters: lowercase letters, "
                     "digits, - and _"
                 )
-            for model_name in tier.allowed_models or ():
+            for model_name in tier.models if tier.models != "*" else ():
                 if model_name not in self.models:
                     problems.append(f"tiers.{tier_name}.models: unknown model {model_name!r}")
         if self.auth.default_tier not in self.tiers:
@@ -274,6 +334,43 @@ def default_file_config() -> FileConfig:
     )
 
 
+SYMMETRIC_ALGORITHMS = ("HS256", "HS384", "HS512")
+ASYMMETRIC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+MIN_JWT_SECRET_LENGTH = 32
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSettings:
+    """How browser sessions (JWTs) are verified. Present only when a key source is set."""
+
+    secret: str | None  # HS*: INTERLOCK_JWT_SECRET, or NEXTAUTH_SECRET
+    jwks_url: str | None  # RS*/PS*/ES*/EdDSA: the identity provider's key set
+    algorithms: tuple[str, ...]
+    audience: tuple[str, ...]  # empty: tokens must carry no `aud`
+    issuer: str | None
+    create_users: bool
+    leeway: float
+
+    def __repr__(self) -> str:  # never show the secret
+        return (
+            f"JwtSettings(jwks_url={self.jwks_url!r}, algorithms={self.algorithms!r}, "
+            f"audience={self.audience!r}, issuer={self.issuer!r}, "
+            f"create_users={self.create_users!r}, secret={'***' if self.secret else None})"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the app needs, validated. Built once and passed down."""
@@ -288,6 +385,7 @@ class Settings:
     secret: str | None  # INTERLOCK_SECRET; when None, the data dir keeps a generated one
     admin_key: str | None
     insecure_no_auth: bool
+    jwt: JwtSettings | None  # None: no browser sessions, API keys only
     log_level: str
     log_format: Literal["json", "console"]
     environ: Mapping[str, str]  # for api_key_env look-ups, kept as read once
@@ -386,8 +484,10 @@ def load_settings(
             "instance hashes API keys alike (generate one: `interlock secret`)"
         )
     admin_key = env.get("INTERLOCK_ADMIN_KEY") or None
-    if admin_key is not None and (len(admin_key) < 24 or not admin_key.isascii()):
-        problems.append("INTERLOCK_ADMIN_KEY: must be at least 24 ASCII characters")
+    if admin_key is not None and not (
+        24 <= len(admin_key) <= 512 and admin_key.isascii() and admin_key.isprintable()
+    ):
+        problems.append("INTERLOCK_ADMIN_KEY: must be 24 to 512 printable ASCII characters")
 
     log_level = env.get("INTERLOCK_LOG_LEVEL", "info").lower()
     if log_level not in _LOG_LEVELS:
@@ -418,6 +518,7 @@ def load_settings(
                             f"{deployment.api_key_env}: not set, but deployment "
                             f"{deployment.name!r} of model {model_name!r} needs it"
                         )
+    jwt = _jwt_settings(env, problems, flag, leeway=config.auth.session_leeway)
     if problems:
         raise ConfigError(problems)
     return Settings(
@@ -431,9 +532,81 @@ def load_settings(
         secret=secret,
         admin_key=admin_key,
         insecure_no_auth=insecure_no_auth,
+        jwt=jwt,
         log_level=log_level,
         log_format=log_format,  # type: ignore[arg-type]
         environ=env,
+    )
+
+
+def _jwt_settings(
+    env: Mapping[str, str], problems: list[str], flag: Callable[[str], bool], *, leeway: float
+) -> JwtSettings | None:
+    """The session settings from the environment, or None when no key source is set.
+
+    Secrets are never echoed back in a problem line.
+    """
+    secret_name = "INTERLOCK_JWT_SECRET" if env.get("INTERLOCK_JWT_SECRET") else "NEXTAUTH_SECRET"
+    secret = env.get("INTERLOCK_JWT_SECRET") or env.get("NEXTAUTH_SECRET") or None
+    if secret is not None and len(secret) < MIN_JWT_SECRET_LENGTH:
+        problems.append(f"{secret_name}: must be at least {MIN_JWT_SECRET_LENGTH} characters")
+    jwks_url = env.get("INTERLOCK_JWKS_URL", "").strip() or None
+    if jwks_url is not None:
+        parts = urlsplit(jwks_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append("INTERLOCK_JWKS_URL: expected an https:// URL")
+        elif parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+            # Keys fetched in clear could be swapped on the way: anyone could mint sessions.
+            problems.append("INTERLOCK_JWKS_URL: must be https:// (http:// only on loopback)")
+    create_users = flag("INTERLOCK_JWT_CREATE_USERS")
+    raw_algorithms = env.get("INTERLOCK_JWT_ALGORITHMS", "").strip()
+    audience = tuple(
+        part.strip() for part in env.get("INTERLOCK_JWT_AUDIENCE", "").split(",") if part.strip()
+    )
+    issuer = env.get("INTERLOCK_JWT_ISSUER", "").strip() or None
+    if secret is None and jwks_url is None:
+        if raw_algorithms or audience or issuer or create_users:
+            problems.append(
+                "INTERLOCK_JWT_SECRET or INTERLOCK_JWKS_URL: needed to verify sessions "
+                "(other INTERLOCK_JWT_* variables are set)"
+            )
+        return None
+    if raw_algorithms:
+        algorithms = tuple(part.strip() for part in raw_algorithms.split(",") if part.strip())
+    else:
+        algorithms = (SYMMETRIC_ALGORITHMS[:1] if secret else ()) + (
+            ("RS256", "ES256") if jwks_url else ()
+        )
+    for algorithm in algorithms:
+        if algorithm in SYMMETRIC_ALGORITHMS:
+            if secret is None:
+                problems.append(
+                    f"INTERLOCK_JWT_ALGORITHMS: {algorithm} needs INTERLOCK_JWT_SECRET "
+                    "(or NEXTAUTH_SECRET)"
+                )
+            elif len(secret.encode()) < int(algorithm[2:]) // 8:
+                # A shorter HMAC key is refused at every verification (RFC 7518, 3.2).
+                problems.append(
+                    f"INTERLOCK_JWT_ALGORITHMS: {algorithm} needs a secret of at least "
+                    f"{int(algorithm[2:]) // 8} bytes in {secret_name}"
+                )
+        elif algorithm in ASYMMETRIC_ALGORITHMS:
+            if jwks_url is None:
+                problems.append(f"INTERLOCK_JWT_ALGORITHMS: {algorithm} needs INTERLOCK_JWKS_URL")
+        else:
+            shown = algorithm if algorithm.isascii() and algorithm.isprintable() else "?"
+            problems.append(
+                f"INTERLOCK_JWT_ALGORITHMS: {shown[:20]!r} is not an allowed algorithm "
+                f"(use {', '.join(SYMMETRIC_ALGORITHMS + ASYMMETRIC_ALGORITHMS)})"
+            )
+    return JwtSettings(
+        secret=secret,
+        jwks_url=jwks_url,
+        algorithms=algorithms,
+        audience=audience,
+        issuer=issuer,
+        create_users=create_users,
+        leeway=leeway,
     )
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from interlock.cli import keys, usage, users
 from interlock.cli.common import ConfigOption, run_async, settings_or_exit
 
 app = typer.Typer(
@@ -20,6 +21,9 @@ config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
+app.add_typer(users.app, name="users")
+app.add_typer(keys.app, name="keys")
+app.command("usage")(usage.usage)
 
 
 @app.command()
@@ -48,6 +52,9 @@ def serve(
             access_log=False,
             log_level="warning",
             timeout_graceful_shutdown=30,
+            # Forwarded headers are not trusted blindly: client addresses are Interlock's call.
+            proxy_headers=False,
+            server_header=False,
         )
     )
     server.run()

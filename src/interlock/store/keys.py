@@ -8,9 +8,11 @@ against their checksum first, so typos and garbage never reach the database. Loo
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from decimal import Decimal
+from typing import Any, Literal, cast
 
 from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -24,13 +26,16 @@ from interlock.auth.keys import (
     hash_key,
     short_id,
 )
+from interlock.auth.principal import UNLIMITED, Scope
 from interlock.errors import InvalidRequest, NotFound
 from interlock.store.database import Database, begin_exclusive
 from interlock.store.models import ApiKey, User, UserRole, UserStatus
+from interlock.store.users import UNSET, Unset
 
 MIN_SECRET_BYTES = 32
 MIN_ADMIN_KEY_LENGTH = 24
 ADMIN_USER_NAME = "admin"
+ADMIN_TIER = "enterprise"  # a default tier, without limits
 ENV_KEY_NAME = "INTERLOCK_ADMIN_KEY"
 # Short ids of operator-provided keys; generated keys' short ids start with "il_".
 ENV_SHORT_ID_PREFIX = "env_"
@@ -59,6 +64,12 @@ class KeyRecord:
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    models: tuple[str, ...] | None = None  # the key's own scope; None: as the owner's tier
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+    daily_budget: Decimal | None = None
+    monthly_budget: Decimal | None = None
 
     def is_usable(self, now: datetime) -> bool:
         """Not revoked, not expired at ``now``, and held by an active user."""
@@ -67,6 +78,30 @@ class KeyRecord:
             and (self.expires_at is None or self.expires_at > now)
             and self.user_status == "active"
         )
+
+    def status(self, now: datetime) -> Literal["active", "revoked", "expired"]:
+        """The key's own state (whatever its user's)."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+    @property
+    def scope(self) -> Scope:
+        """The key's own scope, before narrowing by its owner's tier."""
+        return Scope(
+            models=None if self.models is None else frozenset(self.models),
+            rpm=self.rpm,
+            tpm=self.tpm,
+            max_concurrent=self.max_concurrent,
+            daily_budget=self.daily_budget,
+            monthly_budget=self.monthly_budget,
+        )
+
+    @property
+    def kind(self) -> KeyKind:
+        return "test" if self.short_id.startswith("il_test_") else "live"
 
 
 # A key and its user, as KeyRecord's fields in order. An immutable SQL expression, no I/O.
@@ -83,11 +118,31 @@ _RECORD_QUERY = select(
     ApiKey.expires_at,
     ApiKey.revoked_at,
     ApiKey.last_used_at,
+    ApiKey.models,
+    ApiKey.rpm,
+    ApiKey.tpm,
+    ApiKey.max_concurrent,
+    ApiKey.daily_budget,
+    ApiKey.monthly_budget,
 ).join(User, ApiKey.user_id == User.id)
 
 
 def _record(row: Any) -> KeyRecord:
-    return KeyRecord(*row)
+    record = KeyRecord(*row)
+    if record.models is not None:  # JSON gives a list; the record is immutable
+        object.__setattr__(record, "models", tuple(record.models))
+    return record
+
+
+def _scope_columns(scope: Scope) -> dict[str, Any]:
+    return {
+        "models": None if scope.models is None else sorted(scope.models),
+        "rpm": scope.rpm,
+        "tpm": scope.tpm,
+        "max_concurrent": scope.max_concurrent,
+        "daily_budget": scope.daily_budget,
+        "monthly_budget": scope.monthly_budget,
+    }
 
 
 def _could_be_key(key: object) -> bool:
@@ -141,10 +196,12 @@ class KeyStore:
         name: str = "",
         expires_at: datetime | None = None,
         kind: KeyKind = "live",
+        scope: Scope = UNLIMITED,
     ) -> tuple[ApiKey, str]:
         """A new key for ``user_id``: the stored row and the plaintext key, returned only here.
 
-        Raises ``NotFound`` if there is no such user.
+        ``scope`` is stored as given: checking it against the owner's tier is the caller's
+        job (``Tiers.check_key_scope``). Raises ``NotFound`` if there is no such user.
         """
         if expires_at is not None and expires_at.tzinfo is None:
             raise ValueError("expires_at must be timezone-aware")
@@ -159,6 +216,7 @@ class KeyStore:
                     user_id=user_id,
                     name=name,
                     expires_at=expires_at,
+                    **_scope_columns(scope),
                 )
                 session.add(row)
                 try:
@@ -183,24 +241,120 @@ class KeyStore:
             row = (await session.execute(_RECORD_QUERY.where(ApiKey.key_hash == digest))).first()
         return None if row is None else _record(row)
 
-    async def list_keys(self, user_id: str) -> list[KeyRecord]:
-        """Every key of ``user_id``, oldest first (empty for an unknown user)."""
-        query = _RECORD_QUERY.where(ApiKey.user_id == user_id)
+    async def get_key(self, key_id: str, *, user_id: str | None = None) -> KeyRecord | None:
+        """The key with this id; None if there is none, or (given ``user_id``) it is not
+        that user's."""
+        query = _RECORD_QUERY.where(ApiKey.id == key_id)
+        if user_id is not None:
+            query = query.where(ApiKey.user_id == user_id)
         async with self._db.session() as session:
-            rows = await session.execute(query.order_by(ApiKey.created_at, ApiKey.id))
-            return [_record(row) for row in rows]
+            row = (await session.execute(query)).first()
+        return None if row is None else _record(row)
 
-    async def revoke_key(self, key_id: str) -> bool:
-        """Revoke a key now. False if there is no such key or it was already revoked."""
+    async def list_keys(self, user_id: str | None, *, limit: int = 1000) -> list[KeyRecord]:
+        """Every key of ``user_id`` (of everyone if None), oldest first, at most ``limit``."""
+        query = _RECORD_QUERY
+        if user_id is not None:
+            query = query.where(ApiKey.user_id == user_id)
+        query = query.order_by(ApiKey.created_at, ApiKey.id).limit(max(1, limit))
+        async with self._db.session() as session:
+            return [_record(row) for row in await session.execute(query)]
+
+    async def revoke_key(self, key_id: str, *, user_id: str | None = None) -> bool:
+        """Revoke a key now. False if there is no such key (of ``user_id``, if given) or it
+        was already revoked."""
         statement = (
             update(ApiKey)
             .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
             .values(revoked_at=_now())
         )
+        if user_id is not None:
+            statement = statement.where(ApiKey.user_id == user_id)
         async with self._db.session() as session:
             result = cast(CursorResult[Any], await session.execute(statement))
             await session.commit()
         return result.rowcount == 1
+
+    async def update_key(
+        self,
+        key_id: str,
+        *,
+        user_id: str | None = None,
+        name: str | Unset = UNSET,
+        expires_at: datetime | Unset | None = UNSET,
+        scope: Scope | Unset = UNSET,
+    ) -> KeyRecord | None:
+        """Change a key's name, expiry or scope (replaced whole); the key as it is now.
+        None if there is no such key (of ``user_id``, if given)."""
+        values: dict[str, Any] = {}
+        if not isinstance(name, Unset):
+            values["name"] = name
+        if not isinstance(expires_at, Unset):
+            if expires_at is not None and expires_at.tzinfo is None:
+                raise ValueError("expires_at must be timezone-aware")
+            values["expires_at"] = expires_at
+        if not isinstance(scope, Unset):
+            values.update(_scope_columns(scope))
+        if values:
+            statement = update(ApiKey).where(ApiKey.id == key_id).values(**values)
+            if user_id is not None:
+                statement = statement.where(ApiKey.user_id == user_id)
+            async with self._db.session() as session:
+                await session.execute(statement)
+                await session.commit()
+        return await self.get_key(key_id, user_id=user_id)
+
+    async def rotate_key(
+        self, key_id: str, *, user_id: str | None = None
+    ) -> tuple[KeyRecord, str] | None:
+        """Replace a key: a new one with the same name, expiry and scope, and the old one
+        revoked, both at once. The new key's record and plaintext (returned only here).
+
+        None if there is no such key (of ``user_id``, if given); ``InvalidRequest`` if it is
+        revoked or expired (make a new one instead). Of two rotations at once, one wins.
+        """
+        old = await self.get_key(key_id, user_id=user_id)
+        if old is None:
+            return None
+        now = _now()
+        if old.status(now) != "active":
+            raise InvalidRequest(
+                f"This key is {old.status(now)}: create a new key instead.",
+                code=f"key_{old.status(now)}",
+            )
+        key = generate_key(old.kind)
+        row = ApiKey(
+            short_id=short_id(key),
+            key_hash=hash_key(self._secret, key),
+            user_id=old.user_id,
+            name=old.name,
+            expires_at=old.expires_at,
+            **_scope_columns(old.scope),
+        )
+        revoke = (
+            update(ApiKey)
+            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        async with self._db.session() as session, session.begin():
+            result = cast(CursorResult[Any], await session.execute(revoke))
+            if result.rowcount != 1:  # revoked meanwhile, maybe by another rotation
+                raise InvalidRequest(
+                    "This key is revoked: create a new key instead.", code="key_revoked"
+                )
+            session.add(row)
+        new = await self.get_key(row.id)
+        assert new is not None
+        return new, key
+
+    async def record_use(self, key_ids: Collection[str], at: datetime) -> None:
+        """Set ``last_used_at`` of these keys to ``at``, in one statement."""
+        if not key_ids:
+            return
+        statement = update(ApiKey).where(ApiKey.id.in_(sorted(key_ids))).values(last_used_at=at)
+        async with self._db.session() as session:
+            await session.execute(statement)
+            await session.commit()
 
     async def ensure_admin_key(self, explicit_key: str | None) -> str | None:
         """Make sure an admin user exists and holds a usable key. Called at every start.
@@ -299,7 +453,7 @@ class KeyStore:
             .limit(1)
         )
         if admin is None:
-            admin = User(name=ADMIN_USER_NAME, role="admin", tier="free", status="active")
+            admin = User(name=ADMIN_USER_NAME, role="admin", tier=ADMIN_TIER, status="active")
             session.add(admin)
             await session.flush()
         return admin

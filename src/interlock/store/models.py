@@ -12,6 +12,8 @@ from decimal import Decimal
 from typing import Literal
 
 from sqlalchemy import (
+    JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -94,6 +96,8 @@ class User(Base):
     tier: Mapped[str] = mapped_column(String(64), default="free")
     status: Mapped[UserStatus] = mapped_column(String(16), default="active")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    # The `sub` of the identity provider's session tokens (JWTs) that this user signs in with.
+    external_id: Mapped[str | None] = mapped_column(String(255), unique=True, index=True)
 
 
 class ApiKey(Base):
@@ -110,6 +114,13 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The key's own scope, each NULL meaning "as the owner's tier": it can only narrow that.
+    models: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(BigInteger)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer)
+    daily_budget: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
+    monthly_budget: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
 
 
 UsageSource = Literal["provider", "estimated"]

@@ -74,16 +74,16 @@ class UsageStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def insert(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert ``rows`` (``UsageRow`` columns), skipping request ids already there.
-
-        One statement per ``MAX_ROWS_PER_INSERT`` rows, all in one transaction.
-        """
+    async def insert(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert ``rows`` (``UsageRow`` columns), skipping request ids already there; how
+        many were new. One statement per ``MAX_ROWS_PER_INSERT`` rows, in one transaction."""
         if not rows:
-            return
+            return 0
+        inserted = 0
         async with self._db.engine.begin() as conn:
             for start in range(0, len(rows), MAX_ROWS_PER_INSERT):
-                await insert_rows(conn, rows[start : start + MAX_ROWS_PER_INSERT])
+                inserted += await insert_rows(conn, rows[start : start + MAX_ROWS_PER_INSERT])
+        return inserted
 
     async def report(self, where: UsageFilter, group_by: GroupBy) -> list[UsageTotals]:
         """One ``UsageTotals`` per group, ordered by group (days ascending)."""
@@ -100,23 +100,31 @@ class UsageStore:
         return _totals_of(None, tuple(row))
 
 
-async def insert_rows(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """One multi-row insert on ``conn`` that ignores request ids already present."""
+async def insert_rows(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert ``rows`` on ``conn``, ignoring request ids already present; how many were new.
+
+    With ``RETURNING``, SQLAlchemy sends the rows as multi-row ``INSERT … VALUES (…), (…)``
+    statements ("insertmanyvalues", up to 1000 rows each) from one cached compiled statement:
+    as fast as the driver's executemany, and it counts what was really inserted.
+    """
     if conn.dialect.name == "postgresql":
-        pg = postgresql_insert(UsageRow).values(list(rows))
-        await conn.execute(pg.on_conflict_do_nothing(index_elements=["request_id"]))
+        statement: Any = postgresql_insert(UsageRow).on_conflict_do_nothing(
+            index_elements=["request_id"]
+        )
     else:
-        lite = sqlite_insert(UsageRow).values(list(rows))
-        await conn.execute(lite.on_conflict_do_nothing(index_elements=["request_id"]))
+        statement = sqlite_insert(UsageRow).on_conflict_do_nothing(index_elements=["request_id"])
+    result = await conn.execute(statement.returning(UsageRow.request_id), list(rows))
+    return len(result.all())
 
 
 def _group_key(group_by: GroupBy, dialect: str) -> ColumnElement[Any]:
-    if group_by == "model":
-        return UsageRow.model
-    if group_by == "user":
-        return UsageRow.user_id
-    if group_by == "tier":
-        return UsageRow.tier
+    columns: dict[str, ColumnElement[Any]] = {
+        "model": UsageRow.__table__.c.model,
+        "user": UsageRow.__table__.c.user_id,
+        "tier": UsageRow.__table__.c.tier,
+    }
+    if group_by in columns:
+        return columns[group_by]
     if dialect == "postgresql":
         # timestamptz → the UTC wall time → its date, whatever the session's time zone.
         return func.to_char(func.timezone("UTC", UsageRow.created_at), "YYYY-MM-DD")

@@ -28,6 +28,8 @@ from interlock.telemetry.prices import DeploymentPrices
 
 UsageSource = Literal["provider", "estimated"]
 
+MAX_NAME = 200  # the model and deployment columns
+MAX_CODE = 64  # the error column
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away before the answer
 
 
@@ -92,6 +94,7 @@ def record_usage(
     (no complete answer), the tokens are estimated from ``request`` and ``output_chars``.
     """
     now = time.perf_counter()
+    source: UsageSource
     if usage is not None and not usage.estimated:
         input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
         cached_tokens, source = usage.cached_tokens, "provider"
@@ -107,6 +110,9 @@ def record_usage(
         cached_tokens, source = 0, "estimated"
     deployment = served.deployment if served is not None else ""
     priced = prices.of(deployment)
+    # The columns' sizes: the model name comes from the request body and may be anything.
+    model = model[:MAX_NAME]
+    error = error[:MAX_CODE] if error is not None else None
     record = UsageRecord(
         request_id=request_id,
         created_at=datetime.now(UTC),
