@@ -555,6 +555,8 @@ def _jwt_settings(
         parts = urlsplit(jwks_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             problems.append("INTERLOCK_JWKS_URL: expected an https:// URL")
+        elif parts.username or parts.password:
+            problems.append("INTERLOCK_JWKS_URL: must not carry credentials")
         elif parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
             # Keys fetched in clear could be swapped on the way: anyone could mint sessions.
             problems.append("INTERLOCK_JWKS_URL: must be https:// (http:// only on loopback)")

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ import httpx
 import jwt
 import openai
 import pytest
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 from tests.support.gateway import (
     ADMIN_KEY,
     SECRET,
@@ -548,6 +552,73 @@ def test_an_admin_session_reaches_the_admin_api(gateway: RunningGateway, admin: 
     subject = f"oidc|admin-{time.time_ns()}"
     admin.ok("POST", "/admin/users", {"name": "Ops", "role": "admin", "external_id": subject}, 201)
     assert Api(gateway, session_token(subject)).ok("GET", "/admin/users?limit=5")["data"]
+
+
+class JwksApp:
+    """A tiny identity provider's key set, served by uvicorn on 127.0.0.1 in a thread."""
+
+    def __init__(self, jwks: dict[str, Any]) -> None:
+        self.body = json.dumps(jwks).encode()
+        self.requests = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.requests += 1
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+@pytest.fixture(scope="module")
+def provider_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def test_an_oidc_session_verifies_against_the_providers_jwks(
+    upstream: FakeUpstream, tmp_path: Path, provider_key: rsa.RSAPrivateKey
+) -> None:
+    jwk = {**RSAAlgorithm.to_jwk(provider_key.public_key(), as_dict=True), "kid": "k1"}
+    jwks = JwksApp({"keys": [jwk]})
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(jwks, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive()
+            time.sleep(0.01)
+        env = {
+            "INTERLOCK_JWKS_URL": f"http://127.0.0.1:{port}/.well-known/jwks.json",
+            "INTERLOCK_JWT_AUDIENCE": "interlock",
+            "INTERLOCK_JWT_ISSUER": "https://id.example.com/",
+        }
+        settings = make_settings(tmp_path, gateway_config(upstream), env)
+        with serve(settings) as gateway:
+            admin = Api(gateway)
+            admin.ok("POST", "/admin/users", {"name": "Oidc", "external_id": "oidc|7"}, 201)
+            now = int(time.time())
+            claims = {
+                "sub": "oidc|7",
+                "aud": "interlock",
+                "iss": "https://id.example.com/",
+                "exp": now + 300,
+            }
+            token = jwt.encode(claims, provider_key, "RS256", headers={"kid": "k1"})
+            with client(gateway, token) as browser:
+                assert [m.id for m in browser.models.list()] == ["gpt-fake"]
+            unknown = jwt.encode({**claims, "sub": "oidc|8"}, provider_key, "RS256", {"kid": "k1"})
+            assert Api(gateway, unknown).call("GET", "/v1/models").status_code == 401
+            wrong_aud = jwt.encode({**claims, "aud": "x"}, provider_key, "RS256", {"kid": "k1"})
+            assert Api(gateway, wrong_aud).call("GET", "/v1/models").status_code == 401
+            hs = jwt.encode(claims, JWT_SECRET, "HS256")
+            assert Api(gateway, hs).call("GET", "/v1/models").status_code == 401
+            assert jwks.requests == 1
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def b64(data: bytes) -> str:

@@ -13,9 +13,11 @@ import pytest
 from sqlalchemy import event, text
 from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
 
+from interlock.auth.identity import open_identity
 from interlock.auth.keys import hash_key
 from interlock.auth.principal import Scope
 from interlock.errors import InvalidRequest, NotFound
+from interlock.settings import load_settings
 from interlock.store.database import Database
 from interlock.store.keys import KeyStore
 from interlock.store.migrate import current_revision, head_revision, prepare
@@ -325,3 +327,20 @@ async def test_keys_are_stored_as_hashes_with_the_scope_in_clear(
         row = (await conn.execute(text("SELECT key_hash, models FROM api_keys"))).one()
     assert bytes(row[0]) == hash_key(SECRET, key)
     assert "gpt" in str(row[1]) and key not in str(row[1])
+
+
+async def test_key_use_is_written_when_the_app_stops(
+    users: UserStore, keys: KeyStore, db: Database, tmp_path: Path
+) -> None:
+    settings = load_settings({"INTERLOCK_DATA_DIR": str(tmp_path), "INTERLOCK_SECRET": "s" * 40})
+    user = await users.create("Ada")
+    row, key = await keys.create_key(user.id)
+    before = datetime.now(UTC)
+    async with open_identity(settings, db, keys, SECRET) as identity:
+        principal = await identity.authenticator.authenticate(key)
+        assert principal.key_id == row.id and principal.tier == "free"
+        assert principal.owner_scope == identity.tiers.scope("free")
+        unused = await keys.get_key(row.id)
+        assert unused is not None and unused.last_used_at is None  # off the hot path
+    used = await keys.get_key(row.id)
+    assert used is not None and used.last_used_at is not None and used.last_used_at >= before

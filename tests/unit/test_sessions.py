@@ -4,6 +4,7 @@ real aiohttp server on 127.0.0.1, and every way a token can be wrong."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -11,6 +12,7 @@ import time
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -22,10 +24,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.warnings import InsecureKeyLengthWarning
 
+from interlock.auth.authenticator import Authenticator
 from interlock.auth.jwks import JwksClient
+from interlock.auth.principal import Scope
 from interlock.auth.sessions import SessionVerifier, looks_like_jwt
+from interlock.auth.tiers import Tiers
 from interlock.errors import AuthenticationFailed, ServiceUnavailable
-from interlock.settings import ConfigError, JwtSettings, load_settings
+from interlock.settings import ConfigError, JwtSettings, TierConfig, load_settings
+from interlock.store.users import UserRecord
 
 pytestmark = pytest.mark.anyio
 
@@ -551,3 +557,98 @@ def test_loopback_jwks_may_be_plain_http() -> None:
         {**BASE_ENV, "INTERLOCK_JWKS_URL": "http://127.0.0.1:8000/jwks.json"}
     ).jwt
     assert jwt_settings is not None and jwt_settings.algorithms == ("RS256", "ES256")
+
+
+# --- sessions in the authenticator ---------------------------------------------------------
+
+
+class FakeUsers:
+    """Users by subject, in memory, counting look-ups."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, UserRecord] = {}
+        self.lookups = 0
+
+    async def find_by_external_id(self, external_id: str) -> UserRecord | None:
+        self.lookups += 1
+        return self.users.get(external_id)
+
+    async def get_or_create_external(self, external_id: str, *, name: str, tier: str) -> UserRecord:
+        self.lookups += 1
+        if external_id not in self.users:
+            self.users[external_id] = UserRecord(
+                id=f"id-{len(self.users)}",
+                name=name,
+                email=None,
+                role="member",
+                tier=tier,
+                status="active",
+                external_id=external_id,
+                created_at=datetime.now(UTC),
+            )
+        return self.users[external_id]
+
+
+class NoKeys:
+    async def find_by_key(self, key: str) -> None:
+        return None
+
+
+def session_authenticator(
+    users: FakeUsers, *, create_users: bool, clock: FakeClock | None = None
+) -> Authenticator:
+    tiers = Tiers({"free": TierConfig(models=["local"], rpm=5)}, ["local"], "free")
+    return Authenticator(
+        NoKeys(),
+        b"0123456789abcdef0123456789abcdef",
+        tiers=tiers,
+        sessions=SessionVerifier(settings(secret=SECRET), None),
+        users=users,
+        create_users=create_users,
+        clock=clock or FakeClock(),
+    )
+
+
+async def test_an_unknown_subject_is_refused_unless_users_are_created() -> None:
+    users = FakeUsers()
+    closed = session_authenticator(users, create_users=False)
+    with pytest.raises(AuthenticationFailed):
+        await closed.authenticate(hs256(sub="newcomer"))
+    assert users.users == {}
+    opened = session_authenticator(users, create_users=True)
+    principal = await opened.authenticate(hs256(sub="newcomer"))
+    assert (principal.via, principal.key_id, principal.tier) == ("session", None, "free")
+    assert principal.scope == Scope(models=frozenset({"local"}), rpm=5)
+    assert users.users["newcomer"].name == "Ada Lovelace"
+
+
+async def test_a_session_user_is_cached_and_a_disabled_one_refused() -> None:
+    users = FakeUsers()
+    clock = FakeClock()
+    authenticator = session_authenticator(users, create_users=True, clock=clock)
+    token = hs256(sub="regular")
+    first = await authenticator.authenticate(token)
+    assert await authenticator.authenticate(token) is first
+    assert users.lookups == 1
+    user = users.users["regular"]
+    users.users["regular"] = dataclasses.replace(user, status="disabled")
+    authenticator.forget()
+    with pytest.raises(AuthenticationFailed):
+        await authenticator.authenticate(token)
+
+
+async def test_forged_sessions_never_reach_the_user_lookup() -> None:
+    users = FakeUsers()
+    authenticator = session_authenticator(users, create_users=True)
+    for token in (hs256(exp=int(time.time()) - 3600), hand_made({"alg": "none"}, claims(), None)):
+        with pytest.raises(AuthenticationFailed):
+            await authenticator.authenticate(token)
+    assert users.lookups == 0
+
+
+async def test_without_sessions_a_jwt_shaped_credential_is_an_api_key() -> None:
+    keys = NoKeys()
+    authenticator = Authenticator(keys, b"0123456789abcdef0123456789abcdef")
+    with pytest.raises(AuthenticationFailed) as caught:
+        await authenticator.authenticate(hs256())
+    assert caught.value.message == "Missing or invalid API key."

@@ -17,7 +17,8 @@ is raised at once. After that the caller owns a ``ChatStream``; a failure inside
 raised to the protocol renderer, which ends the stream with its protocol's error event.
 
 Non-streaming requests are a stream collected to the end (``complete``); since nothing has
-been sent yet, they may fail over at any point before the answer is whole.
+been sent yet, they may fail over at any point before the answer is whole. The committed
+stream itself is ``interlock.chat.stream``.
 
 Timeouts: ``first_token`` bounds each attempt until its first content; ``total`` bounds
 the whole request (the route's) and each attempt (the deployment's, if it sets its own);
@@ -30,22 +31,18 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
-from interlock.chat.types import (
-    ChatRequest,
-    ChatResult,
-    Event,
-    Finish,
-    ReasoningDelta,
-    TextDelta,
-    ToolCall,
-    ToolCallDelta,
-    Usage,
-    is_content,
+from interlock.chat.stream import (
+    ChatStream,
+    ServedBy,
+    Settler,
+    collect,
+    estimate_tokens,
+    request_length,
 )
+from interlock.chat.types import ChatRequest, ChatResult, Event, Finish, is_content
 from interlock.errors import (
     InterlockError,
     ModelNotFound,
@@ -63,202 +60,22 @@ from interlock.routing.router import Candidate, Router
 from interlock.settings import FileConfig, RoutingConfig
 from interlock.state import MemoryState, SharedState
 
+# Re-exported: the protocol renderers and the usage accountant take them from here.
+__all__ = [
+    "ChatService",
+    "ChatStream",
+    "ProviderLookup",
+    "ServedBy",
+    "collect",
+    "estimate_tokens",
+    "is_content_or_finish",
+]
+
 
 class ProviderLookup(Protocol):
     """What the service needs from the provider registry."""
 
     def get(self, deployment_name: str) -> Provider: ...
-
-
-@dataclass(slots=True)
-class ServedBy:
-    """How a request was served; rendered into response headers."""
-
-    model: str = ""
-    deployment: str = ""
-    attempts: int = 0
-    upstream_seconds: float = 0.0  # time spent waiting on providers (all attempts)
-
-
-def estimate_tokens(text_length: int) -> int:
-    """A rough token count for providers that report none (about four characters a token)."""
-    return (text_length + 3) // 4
-
-
-def _request_length(request: ChatRequest) -> int:
-    return sum(len(message.text()) for message in request.messages)
-
-
-class _Settler:
-    """Settles attempts on the guard; an abandonment survives the cancellation that caused
-    it (it runs as its own task, so a cancelled caller cannot interrupt the release)."""
-
-    __slots__ = ("_pending", "guard")
-
-    def __init__(self, guard: DeploymentGuard) -> None:
-        self.guard = guard
-        self._pending: set[asyncio.Task[None]] = set()
-
-    async def shielded(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-        await asyncio.shield(task)
-
-    async def abandon(self, admission: Admission, used_tokens: int = 0) -> None:
-        if not admission.settled:
-            await self.shielded(self.guard.abandoned(admission, used_tokens))
-
-    async def wait(self) -> None:
-        """Let the abandonments still running finish (at shutdown)."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
-
-
-class ChatStream:
-    """A committed answer: its first content is in hand, the rest is still coming.
-
-    Iterate ``events()`` once. It yields the deltas, then exactly one ``Usage`` (the
-    provider's, or an estimate flagged ``estimated``), then one ``Finish``. A failure after
-    the commit raises ``UpstreamError``; ``aclose`` cancels the upstream call and gives back
-    what the attempt held on the deployment (call it in every case: it is idempotent).
-    """
-
-    def __init__(
-        self,
-        request: ChatRequest,
-        held: list[Event],
-        upstream: AsyncGenerator[Event, None],
-        served: ServedBy,
-        deadline: float | None,
-        admission: Admission | None = None,
-        settler: _Settler | None = None,
-    ) -> None:
-        self.request = request
-        self.served = served
-        self._held = held
-        self._upstream = upstream
-        self._admission = admission
-        self._settler = settler
-        self._loop = loop = asyncio.get_running_loop()
-        # The total timeout is one timer per stream, not one per chunk: when it fires, it
-        # cancels the wait for the next chunk in progress (or fails the next one).
-        self._expired = False
-        self._waiter: asyncio.Task[Any] | None = None
-        self._timer = None if deadline is None else loop.call_at(deadline, self._expire)
-        self.output_chars = 0  # delivered so far, for estimates and partial usage
-        self.usage: Usage | None = None
-        self.finish: Finish | None = None
-
-    async def events(self) -> AsyncIterator[Event]:
-        usage: Usage | None = None
-        finish: Finish | None = None
-        try:
-            for event in self._held:
-                if isinstance(event, Usage):
-                    usage = event
-                elif isinstance(event, Finish):
-                    finish = event
-                else:
-                    self._count(event)
-                    yield event
-            self._held = []
-            while finish is None or usage is None:
-                incoming = await self._next()
-                if incoming is None:
-                    break
-                if isinstance(incoming, Usage):
-                    usage = incoming
-                elif isinstance(incoming, Finish):
-                    finish = incoming
-                else:
-                    self._count(incoming)
-                    yield incoming
-            if finish is None:
-                raise UpstreamProtocolError("The model provider's stream ended early.")
-        except UpstreamError as error:
-            self._stop_timer()
-            await self._upstream.aclose()
-            await self._settle_failure(error)
-            raise
-        finally:
-            self._stop_timer()
-            await self._upstream.aclose()
-        self.usage = usage or Usage(
-            input_tokens=estimate_tokens(_request_length(self.request)),
-            output_tokens=estimate_tokens(self.output_chars),
-            estimated=True,
-        )
-        self.finish = finish
-        admission, settler = self._admission, self._settler
-        if admission is not None and settler is not None:
-            await settler.guard.succeeded(admission, self.usage.total_tokens)
-        yield self.usage
-        yield finish
-
-    def _count(self, event: Event) -> None:
-        if isinstance(event, TextDelta | ReasoningDelta):
-            self.output_chars += len(event.text)
-        elif isinstance(event, ToolCallDelta):
-            self.output_chars += len(event.arguments)
-
-    @property
-    def timed_out(self) -> bool:
-        """True once the request's total timeout has passed."""
-        return self._expired
-
-    def _expire(self) -> None:
-        self._expired = True
-        waiter = self._waiter
-        if waiter is not None:
-            waiter.cancel()
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    async def _next(self) -> Event | None:
-        if self._expired:
-            raise UpstreamTimeout("The model provider did not finish in time.")
-        loop = self._loop
-        started = loop.time()
-        task = self._waiter = asyncio.current_task()
-        assert task is not None
-        cancelling = task.cancelling()
-        try:
-            event = await anext(self._upstream)
-        except StopAsyncIteration:
-            return None
-        except asyncio.CancelledError:
-            # Ours (the deadline) unless someone else cancelled the task too.
-            if self.timed_out and task.uncancel() <= cancelling:
-                raise UpstreamTimeout("The model provider did not finish in time.") from None
-            raise
-        finally:
-            self._waiter = None
-            now = loop.time()
-            self.served.upstream_seconds += now - started
-        admission, settler = self._admission, self._settler
-        if admission is not None and settler is not None and now >= admission.reservation.renew_at:
-            await settler.guard.capacity.renew(admission.candidate, admission.reservation)
-        return event
-
-    async def _settle_failure(self, error: UpstreamError) -> None:
-        admission, settler = self._admission, self._settler
-        if admission is not None and settler is not None:
-            await settler.guard.failed(admission, error)
-
-    def _partial_tokens(self) -> int:
-        return estimate_tokens(_request_length(self.request)) + estimate_tokens(self.output_chars)
-
-    async def aclose(self) -> None:
-        """Cancel the upstream call (if still running) and settle the attempt."""
-        self._stop_timer()
-        await self._upstream.aclose()
-        admission, settler = self._admission, self._settler
-        if admission is not None and settler is not None and not admission.settled:
-            await settler.abandon(admission, self._partial_tokens())
 
 
 def default_guard() -> DeploymentGuard:
@@ -288,7 +105,7 @@ class ChatService:
         self.guard = guard or default_guard()
         self._retry = retry or RetryPolicy(RoutingConfig().retry)
         self._balancer = balancer or Balancer(self.guard.capacity)
-        self._settler = _Settler(self.guard)
+        self._settler = Settler(self.guard)
         self._sleep = sleep
 
     @classmethod
@@ -356,7 +173,7 @@ class ChatService:
         output = request.max_tokens
         if output is None:
             output = self._router.default_output_tokens
-        return estimate_tokens(_request_length(request)) + output
+        return estimate_tokens(request_length(request)) + output
 
     async def _run(
         self,
@@ -481,38 +298,3 @@ def is_content_or_finish(event: Event) -> bool:
 
 def _is_finish(event: Event) -> bool:
     return isinstance(event, Finish)
-
-
-async def collect(stream: ChatStream) -> ChatResult:
-    """Fold a stream into one answer."""
-    text: list[str] = []
-    reasoning: list[str] = []
-    calls: dict[int, ToolCall] = {}
-    usage = Usage()
-    finish = Finish("stop")
-    async for event in stream.events():
-        if isinstance(event, TextDelta):
-            text.append(event.text)
-        elif isinstance(event, ReasoningDelta):
-            reasoning.append(event.text)
-        elif isinstance(event, ToolCallDelta):
-            call = calls.get(event.index)
-            if call is None:
-                calls[event.index] = ToolCall(event.id or "", event.name or "", event.arguments)
-            else:
-                call.arguments += event.arguments
-                if event.id and not call.id:
-                    call.id = event.id
-                if event.name and not call.name:
-                    call.name = event.name
-        elif isinstance(event, Usage):
-            usage = event
-        else:
-            finish = event
-    return ChatResult(
-        text="".join(text),
-        reasoning="".join(reasoning),
-        tool_calls=[calls[index] for index in sorted(calls)],
-        finish_reason=finish.reason,
-        usage=usage,
-    )
