@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
-import anyio
 import msgspec
 import structlog
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from interlock.api import openai_wire
@@ -18,6 +17,7 @@ from interlock.api.body import read_body
 from interlock.api.disconnect import ClientGone, unless_disconnected
 from interlock.api.errors import openai_error_response
 from interlock.api.openai_render import DONE, ChunkWriter, completion_body
+from interlock.api.streaming import EndingStreamingResponse, StreamEnd, StreamEnding
 from interlock.auth.access import allowed_models, visible_models
 from interlock.auth.authenticator import bearer_token
 from interlock.auth.principal import Principal
@@ -94,8 +94,10 @@ async def chat_completions(request: Request) -> Response:
             on_end = _stream_accountant(
                 gateway, request_id, principal, chat, stream, started, first_token_at
             )
-            return StreamingResponse(
-                _stream_body(stream, writer, include_usage, on_end),
+            ending = StreamEnding(stream, on_end)
+            return EndingStreamingResponse(
+                _stream_body(stream, writer, include_usage, ending),
+                ending,
                 media_type="text/event-stream",
                 headers={**_SSE_HEADERS, **served_headers(request_id, stream.served, started)},
             )
@@ -147,10 +149,6 @@ async def chat_completions(request: Request) -> Response:
                 partial=True,
             )
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-
-
-StreamEnd = Callable[[str | None], None]
-"""Called once when a stream ends, with the error code that ended it (None if none)."""
 
 
 def _account(
@@ -231,7 +229,7 @@ def _stream_accountant(
 
 
 async def _stream_body(
-    stream: ChatStream, writer: ChunkWriter, include_usage: bool, on_end: StreamEnd
+    stream: ChatStream, writer: ChunkWriter, include_usage: bool, ending: StreamEnding
 ) -> AsyncIterator[bytes]:
     usage: Usage | None = None
     failure: str | None = None
@@ -261,9 +259,7 @@ async def _stream_body(
     finally:
         # Also on cancellation (the client went away): the upstream call ends here, and the
         # tokens sent so far are still accounted.
-        with anyio.CancelScope(shield=True):
-            await stream.aclose()
-        on_end(failure)
+        await ending.end(failure)
 
 
 async def list_models(request: Request) -> Response:
