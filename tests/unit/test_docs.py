@@ -5,18 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pydantic
 import typer.main
 
 import interlock.errors
 import interlock.settings
+from interlock import settings as settings_module
 from interlock.cli import app
-from interlock.settings import (
-    DeploymentConfig,
-    FileConfig,
-    LocalModelConfig,
-    ServerConfig,
-    TimeoutConfig,
-)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -32,7 +27,16 @@ def test_every_environment_variable_is_documented() -> None:
 
 def test_every_config_key_is_documented() -> None:
     documented = (DOCS / "configuration.md").read_text()
-    for model in (FileConfig, ServerConfig, TimeoutConfig, DeploymentConfig, LocalModelConfig):
+    models = [
+        value
+        for value in vars(settings_module).values()
+        if isinstance(value, type)
+        and issubclass(value, pydantic.BaseModel)
+        and value.__module__ == settings_module.__name__
+        and not value.__name__.startswith("_")
+    ]
+    assert len(models) >= 10
+    for model in models:
         missing = {
             key
             for key in model.model_fields
