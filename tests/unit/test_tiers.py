@@ -355,3 +355,30 @@ async def test_an_unknown_tier_authenticates_with_no_access() -> None:
     authenticator = Authenticator(FakeKeys(record(tier="gold")), SECRET, tiers=tiers())
     lost = await authenticator.authenticate(generate_key())
     assert not lost.tier_known and lost.scope == NO_ACCESS and lost.owner_scope == NO_ACCESS
+
+
+class SlowKeys(FakeKeys):
+    async def find_by_key(self, key: str) -> KeyRecord | None:
+        import anyio
+
+        await anyio.sleep(0.01)
+        return await super().find_by_key(key)
+
+
+@pytest.mark.anyio
+async def test_concurrent_cache_misses_share_one_lookup() -> None:
+    import anyio
+
+    key = generate_key()
+    keys = SlowKeys(record())
+    authenticator = Authenticator(keys, SECRET, tiers=tiers(), clock=FakeClock())
+    seen = []
+
+    async def one() -> None:
+        seen.append(await authenticator.authenticate(key))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(50):
+            group.start_soon(one)
+    assert keys.lookups == 1
+    assert len({id(principal) for principal in seen}) == 1

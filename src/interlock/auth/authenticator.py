@@ -16,6 +16,7 @@ Nothing here logs a credential, and no credential ever reaches an error message.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -93,6 +94,7 @@ class Authenticator:
         self._ttl = cache_ttl
         self._clock = clock
         self._insecure = insecure_no_auth
+        self._loading: dict[bytes, asyncio.Future[tuple[Principal | None, datetime | None]]] = {}
         self._cache: dict[bytes, tuple[float, Principal | None, datetime | None]] = {}
         self._subjects: dict[str, tuple[float, Principal | None]] = {}
         self._used: set[str] = set()
@@ -118,15 +120,38 @@ class Authenticator:
         if cached is not None and cached[0] > now:
             principal, expires_at = cached[1], cached[2]
         else:
-            principal, expires_at = await self._load(key)
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[digest] = (now + self._ttl, principal, expires_at)
+            principal, expires_at = await self._load_once(digest, key, now)
         if principal is None or (expires_at is not None and expires_at <= datetime.now(UTC)):
             raise AuthenticationFailed()
         if principal.key_id is not None and len(self._used) < _MAX_USED_KEYS:
             self._used.add(principal.key_id)
         return principal
+
+    async def _load_once(
+        self, digest: bytes, key: str, now: float
+    ) -> tuple[Principal | None, datetime | None]:
+        """Load a key's record once however many requests miss the cache together: when a
+        cached entry expires under load, one query refreshes it for all of them."""
+        pending = self._loading.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[tuple[Principal | None, datetime | None]]
+        future = asyncio.get_running_loop().create_future()
+        self._loading[digest] = future
+        try:
+            loaded = await self._load(key)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else must
+            raise
+        else:
+            future.set_result(loaded)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[digest] = (now + self._ttl, *loaded)
+            return loaded
+        finally:
+            del self._loading[digest]
 
     async def _load(self, key: str) -> tuple[Principal | None, datetime | None]:
         record = await self._keys.find_by_key(key)
