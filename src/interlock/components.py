@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 
@@ -18,10 +18,13 @@ from interlock.store.keys import KeyStore
 from interlock.store.users import UserStore
 from interlock.telemetry.ledger import UsageLedger
 from interlock.telemetry.prices import DeploymentPrices
+from interlock.telemetry.request_ids import RequestIds
 
 
 @dataclass(slots=True)
 class Components:
+    """Built once per app by ``interlock.app.running``."""
+
     settings: Settings
     database: Database
     state: SharedState
@@ -34,6 +37,7 @@ class Components:
     keys: KeyStore  # API keys (hashes only)
     users: UserStore
     tiers: Tiers  # the configured tiers, as scopes
+    request_ids: RequestIds = field(default_factory=RequestIds)
 
 
 def components_of(connection: HTTPConnection) -> Components:

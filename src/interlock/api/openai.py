@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator
 
@@ -39,10 +38,6 @@ log = structlog.get_logger("interlock.api.openai")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-def _request_id() -> str:
-    return "req_" + os.urandom(12).hex()
-
-
 def served_headers(request_id: str, served: ServedBy, started: float) -> dict[str, str]:
     """How the request was served, and what the gateway itself added to it."""
     elapsed = time.perf_counter() - started
@@ -58,8 +53,8 @@ def served_headers(request_id: str, served: ServedBy, started: float) -> dict[st
 
 async def chat_completions(request: Request) -> Response:
     started = time.perf_counter()
-    request_id = _request_id()
     gateway = components_of(request)
+    request_id = gateway.request_ids.next()
     principal: Principal | None = None  # no usage row for a caller who is not authenticated
     chat: ChatRequest | None = None
     streaming = False
@@ -264,7 +259,7 @@ async def _stream_body(
 
 async def list_models(request: Request) -> Response:
     gateway = components_of(request)
-    request_id = _request_id()
+    request_id = gateway.request_ids.next()
     try:
         principal = await gateway.authenticator.authenticate(
             bearer_token(request.headers.get("authorization"))
