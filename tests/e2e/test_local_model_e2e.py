@@ -38,7 +38,9 @@ def test_zero_config_serves_local(client: openai.OpenAI) -> None:
 
 
 def test_the_embedded_model_answers(client: openai.OpenAI) -> None:
-    completion = client.chat.completions.create(model="local", messages=QUESTION, temperature=0, max_tokens=40)
+    completion = client.chat.completions.create(
+        model="local", messages=QUESTION, temperature=0, max_tokens=40
+    )
     assert "Paris" in (completion.choices[0].message.content or "")
     assert completion.usage is not None and completion.usage.completion_tokens > 0
 

@@ -21,12 +21,12 @@ from typing import Any
 import httpx
 import msgspec
 import uvicorn
-from tests.support.gateway import ADMIN_KEY, make_settings
 
 from interlock.app import InterlockApp, create_app
 from interlock.chat.service import ChatService
 from interlock.components import Components
 from interlock.testing.fake_upstream import FakeUpstream
+from tests.support.gateway import ADMIN_KEY, make_settings
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 AUTH = {"authorization": f"Bearer {ADMIN_KEY}"}

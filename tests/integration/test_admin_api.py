@@ -27,6 +27,11 @@ import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+
+from interlock.store.database import Database
+from interlock.store.keys import KeyStore
+from interlock.store.users import UserStore
+from interlock.testing.fake_upstream import Behavior, FakeUpstream
 from tests.support.gateway import (
     ADMIN_KEY,
     SECRET,
@@ -36,11 +41,6 @@ from tests.support.gateway import (
     serve,
     write_config,
 )
-
-from interlock.store.database import Database
-from interlock.store.keys import KeyStore
-from interlock.store.users import UserStore
-from interlock.testing.fake_upstream import Behavior, FakeUpstream
 
 JWT_SECRET = "a-nextauth-style-shared-secret-0123456789abcdef"
 HELLO = [{"role": "user", "content": "Say hello"}]

@@ -15,12 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
-from tests.support.gateway import SECRET, make_settings, serve
 from typer.testing import CliRunner, Result
 
 from interlock.cli import app
 from interlock.testing.fake_upstream import FakeUpstream
+from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
+from tests.support.gateway import SECRET, make_settings, serve
 
 KEY_LINE = re.compile(r"^\s+(il_(?:live|test)_\w{38})$", re.MULTILINE)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import anyio
 import pytest
 from sqlalchemy import event, text
-from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
 
 from interlock.auth.identity import open_identity
 from interlock.auth.keys import hash_key
@@ -22,6 +21,7 @@ from interlock.store.database import Database
 from interlock.store.keys import KeyStore
 from interlock.store.migrate import current_revision, head_revision, prepare
 from interlock.store.users import UserStore
+from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
 
 pytestmark = pytest.mark.anyio
 

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+
 from interlock.testing.fake_upstream import Behavior, FakeUpstream, ToolCallReply
 from tests.support.gateway import ADMIN_KEY, RunningGateway, make_settings, serve
 
@@ -54,6 +55,8 @@ def gateway(
             "deployments": [deployment(upstream.openai_base_url, "broken")],
             "fallbacks": ["claude-fake"],
         },
+        # Its own deployment: a Retry-After keeps a deployment out of traffic that long.
+        "models.limited": {"deployments": [deployment(upstream.openai_base_url, "limited")]},
     }
     with serve(make_settings(tmp, config)) as running:
         yield running
@@ -238,9 +241,9 @@ def test_failover_before_first_byte_is_invisible(
     )
     text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
     assert text == "from secondary"
-    assert response.headers["x-interlock-attempts"] == "2"
+    assert response.headers["x-interlock-attempts"] == "3"  # a 500 is retried once
     assert response.headers["x-interlock-deployment"] == "openai-secondary"
-    assert [s.model for s in upstream.ledger] == ["primary", "secondary"]
+    assert [s.model for s in upstream.ledger] == ["primary", "primary", "secondary"]
 
 
 def test_error_event_inside_200_stream_before_content_fails_over(
@@ -296,7 +299,8 @@ def test_upstream_errors_are_classified_and_scrubbed(
     gateway: RunningGateway, upstream: FakeUpstream, behavior: Behavior, status: int, code: str
 ) -> None:
     upstream.default = behavior
-    response = raw(gateway, {"model": "gpt-fake", "messages": HELLO})
+    model = "limited" if status == 429 else "gpt-fake"
+    response = raw(gateway, {"model": model, "messages": HELLO})
     assert response.status_code == status
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -323,7 +327,7 @@ def test_every_deployment_failing_gives_the_last_error(
     response = raw(gateway, {"model": "failover", "messages": HELLO, "stream": True})
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "server_error"
-    assert len(upstream.ledger) == 2
+    assert len(upstream.ledger) == 4  # each deployment: the call and one retry
 
 
 # ---- bad input ------------------------------------------------------------------------------
@@ -418,7 +422,7 @@ def test_unknown_routes_are_openai_shaped(gateway: RunningGateway) -> None:
 
 def test_models_lists_public_names(client: openai.OpenAI, gateway: RunningGateway) -> None:
     names = {model.id for model in client.models.list()}
-    assert names == {"gpt-fake", "claude-fake", "failover", "with-fallback"}
+    assert names == {"gpt-fake", "claude-fake", "failover", "with-fallback", "limited"}
     assert httpx.get(f"{gateway.url}/v1/models").status_code == 401
 
 

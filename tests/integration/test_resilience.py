@@ -12,6 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+
+from interlock.state import Limit
+from interlock.testing.fake_upstream import Behavior, FakeUpstream
 from tests.integration.resilience_gateway import (
     AUTH,
     HELLO,
@@ -19,9 +22,6 @@ from tests.integration.resilience_gateway import (
     deployment,
     serve_gateway,
 )
-
-from interlock.state import Limit
-from interlock.testing.fake_upstream import Behavior, FakeUpstream
 
 ROUTING = {
     "retry": {"max_retries": 1, "backoff_base": 0.01, "backoff_max": 0.02, "budget_min": 1000},

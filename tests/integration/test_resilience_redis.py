@@ -15,6 +15,12 @@ from typing import Any
 import httpx
 import pytest
 from structlog.testing import capture_logs
+
+from interlock.routing.breaker import CircuitBreakers, Gate
+from interlock.routing.failsafe import FailSafeState
+from interlock.settings import BreakerConfig
+from interlock.state import SharedState, build_state
+from interlock.testing.fake_upstream import Behavior, FakeUpstream
 from tests.fixtures.redis import RedisServer, redis_server_fixture, redis_url_fixture  # noqa: F401 - fixtures
 from tests.integration.resilience_gateway import (
     AUTH,
@@ -24,12 +30,6 @@ from tests.integration.resilience_gateway import (
     deployment,
     serve_gateway,
 )
-
-from interlock.routing.breaker import CircuitBreakers, Gate
-from interlock.routing.failsafe import FailSafeState
-from interlock.settings import BreakerConfig
-from interlock.state import SharedState, build_state
-from interlock.testing.fake_upstream import Behavior, FakeUpstream
 
 BREAKER = BreakerConfig(failure_rate=0.5, min_calls=4, window=30, cooldown=10)
 

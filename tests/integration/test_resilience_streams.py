@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from interlock.testing.fake_upstream import Behavior, FakeUpstream, ServedRequest, default_text
 from tests.integration.resilience_gateway import (
     AUTH,
     HELLO,
@@ -26,8 +28,6 @@ from tests.integration.resilience_gateway import (
     sse_events,
     streamed_text,
 )
-
-from interlock.testing.fake_upstream import Behavior, FakeUpstream, ServedRequest, default_text
 
 FAST = {"first_token": 0.4, "idle": 0.4}
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import anyio
 import pytest
-from tests.fixtures.redis import redis_server_fixture, redis_url_fixture  # noqa: F401 - fixtures
 
 from interlock.state import Limit, SharedState, build_state
+from tests.fixtures.redis import redis_server_fixture, redis_url_fixture  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.anyio
 

@@ -10,10 +10,10 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as redis_client
-from tests.fixtures.redis import redis_server_fixture, redis_url_fixture  # noqa: F401 - fixtures
 
 from interlock.state import CachedReads, Limit, SharedState, build_state
 from interlock.state.redis_state import RedisState
+from tests.fixtures.redis import redis_server_fixture, redis_url_fixture  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.anyio
 

@@ -20,7 +20,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from anyio.streams.buffered import BufferedByteReceiveStream
 from sqlalchemy import Connection, delete, event, inspect, select, text
-from tests.fixtures.postgres import PostgresServer, postgres_server, postgres_url  # noqa: F401
 
 from interlock.auth.keys import generate_key, has_valid_checksum
 from interlock.errors import InvalidRequest, NotFound
@@ -36,6 +35,7 @@ from interlock.store.migrate import (
 )
 from interlock.store.models import ApiKey, Base, User
 from interlock.store.secret import load_or_create_secret, resolve_secret
+from tests.fixtures.postgres import PostgresServer, postgres_server, postgres_url  # noqa: F401
 
 pytestmark = pytest.mark.anyio
 

@@ -22,8 +22,6 @@ import httpx
 import openai
 import pytest
 from sqlalchemy import select
-from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
-from tests.support.gateway import ADMIN_KEY, SECRET, RunningGateway, make_settings, serve
 
 from interlock.app import create_app
 from interlock.components import Components
@@ -34,6 +32,8 @@ from interlock.store.models import UsageRow
 from interlock.telemetry.ledger import UsageLedger
 from interlock.telemetry.usage_record import UsageRecord
 from interlock.testing.fake_upstream import Behavior, FakeUpstream
+from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
+from tests.support.gateway import ADMIN_KEY, SECRET, RunningGateway, make_settings, serve
 
 NOWHERE = "http://127.0.0.1:9/v1"  # the in-process tests never call a provider
 TODAY = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)

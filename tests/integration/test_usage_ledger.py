@@ -18,7 +18,6 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
-from tests.fixtures.postgres import PostgresServer, postgres_server, postgres_url  # noqa: F401
 
 from interlock.store.database import Database
 from interlock.store.migrate import prepare
@@ -26,6 +25,7 @@ from interlock.store.models import UsageRow
 from interlock.store.usage import UsageFilter, UsageStore
 from interlock.telemetry.ledger import REJECTED_NAME, UsageLedger
 from interlock.telemetry.usage_record import UsageRecord
+from tests.fixtures.postgres import PostgresServer, postgres_server, postgres_url  # noqa: F401
 
 pytestmark = pytest.mark.anyio
 
