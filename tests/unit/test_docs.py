@@ -10,14 +10,14 @@ import typer.main
 
 import interlock.errors
 import interlock.settings
-from interlock import settings as settings_module
+from interlock import config_file, settings
 from interlock.cli import app
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_every_environment_variable_is_documented() -> None:
-    source = Path(interlock.settings.__file__).read_text()
+    source = Path(settings.__file__).read_text()
     names = set(re.findall(r'(?:env\.get\(|env\[|flag\()"([A-Z_]+)"', source))
     names |= {"OPENAI_API_KEY", "ANTHROPIC_API_KEY"}
     assert len(names) > 8
@@ -29,10 +29,10 @@ def test_every_config_key_is_documented() -> None:
     documented = (DOCS / "configuration.md").read_text()
     models = [
         value
-        for value in vars(settings_module).values()
+        for value in vars(config_file).values()
         if isinstance(value, type)
         and issubclass(value, pydantic.BaseModel)
-        and value.__module__ == settings_module.__name__
+        and value.__module__ == config_file.__name__
         and not value.__name__.startswith("_")
     ]
     assert len(models) >= 10
