@@ -468,3 +468,24 @@ def test_client_disconnect_cancels_a_non_streaming_call(
 
 def test_settings_files_are_kept_in_tmp(gateway: RunningGateway) -> None:
     assert Path(gateway.settings.data_dir).is_dir()
+
+
+def test_a_client_leaving_while_sending_its_body_is_not_an_error(
+    gateway: RunningGateway, upstream: FakeUpstream, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + ADMIN_KEY.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            b'{"model": "gpt-fake", "mess'
+        )
+    # The next request is served normally, and nothing was reported as a crash.
+    assert raw(gateway, {"model": "gpt-fake", "messages": HELLO}).status_code == 200
+    captured = capfd.readouterr()
+    assert "unhandled_error" not in captured.out + captured.err
+    assert "Traceback" not in captured.out + captured.err
+    assert upstream.ledger[-1].body["messages"][0]["content"] == "Say hello"

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import structlog
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -129,7 +129,7 @@ async def chat_completions(request: Request) -> Response:
                 error=error.code,
             )
         return openai_error_response(error, {"x-request-id": request_id})
-    except ClientGone:
+    except (ClientGone, ClientDisconnect):
         log.info("client_disconnected", request_id=request_id)
         if principal is not None:
             _account(
