@@ -27,10 +27,11 @@ from interlock.auth.identity import open_identity
 from interlock.chat.service import ChatService
 from interlock.components import Components
 from interlock.errors import InterlockError, InternalError, NotFound
+from interlock.limits.budgets import Budgets
 from interlock.providers.registry import ProviderRegistry
 from interlock.settings import Settings
 from interlock.state import build_state
-from interlock.store.database import Database
+from interlock.store.database import database_for
 from interlock.store.keys import KeyStore
 from interlock.store.migrate import prepare
 from interlock.store.secret import load_or_create_secret
@@ -73,7 +74,7 @@ async def running(
 ) -> AsyncIterator[Components]:
     """Build every app-lifetime component; close them all on exit."""
     async with AsyncExitStack() as stack:
-        database = Database(settings.database_url)
+        database = database_for(settings)
         stack.push_async_callback(database.aclose)
         await prepare(database)
         # Usage: started once the schema is there (it replays the outbox of a killed
@@ -101,6 +102,8 @@ async def running(
         service = ChatService.from_config(settings.config, providers, state)
         stack.push_async_callback(service.aclose)
         router = service.router
+        budgets = Budgets(state.limits, settings.config.models, prices)
+        stack.push_async_callback(budgets.aclose)
         components = Components(
             settings=settings,
             database=database,
@@ -114,6 +117,7 @@ async def running(
             keys=keys,
             users=identity.users,
             tiers=identity.tiers,
+            budgets=budgets,
         )
         if announce is not None:
             announce(settings, new_admin_key)

@@ -58,6 +58,7 @@ __all__ = [
     "AuthConfig",
     "BreakerConfig",
     "ConfigError",
+    "DatabasePool",
     "DeploymentConfig",
     "FileConfig",
     "JwtSettings",
@@ -116,6 +117,16 @@ class JwtSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DatabasePool:
+    """Connection pool of an external database (SQLite ignores it)."""
+
+    size: int = 5
+    max_overflow: int = 10
+    timeout: float = 30.0  # seconds to wait for a free connection
+    recycle: float = 1800.0  # seconds before a connection is replaced
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the app needs, validated. Built once and passed down."""
 
@@ -123,6 +134,7 @@ class Settings:
     port: int
     data_dir: Path
     database_url: str
+    database_pool: DatabasePool
     redis_url: str | None  # None: shared state lives in this process
     config_path: Path | None
     config: FileConfig
@@ -189,6 +201,12 @@ def load_settings(
     else:
         database_url = _normalise_database_url(database_url, problems)
 
+    database_pool = DatabasePool(
+        size=int(_number(env, "DATABASE_POOL_SIZE", 5, 1, 1000, problems)),
+        max_overflow=int(_number(env, "DATABASE_MAX_OVERFLOW", 10, 0, 1000, problems)),
+        timeout=_number(env, "DATABASE_POOL_TIMEOUT", 30.0, 0.1, 600, problems),
+        recycle=_number(env, "DATABASE_POOL_RECYCLE", 1800.0, 1, 86_400, problems),
+    )
     redis_url = env.get("REDIS_URL", "").strip() or None
     if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         problems.append("REDIS_URL: expected a redis://, rediss:// or unix:// URL")
@@ -244,6 +262,7 @@ def load_settings(
         port=port,
         data_dir=data_dir,
         database_url=database_url,
+        database_pool=database_pool,
         redis_url=redis_url,
         config_path=config_path,
         config=config,
@@ -344,3 +363,26 @@ def _normalise_database_url(url: str, problems: list[str]) -> str:
         return f"sqlite+aiosqlite://{rest}"
     problems.append(f"DATABASE_URL: unsupported scheme {scheme!r} (use postgresql or sqlite)")
     return url
+
+
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    low: float,
+    high: float,
+    problems: list[str],
+) -> float:
+    """A number from the environment within [low, high]; a problem line otherwise."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw) if isinstance(default, float) else int(raw)
+    except ValueError:
+        problems.append(f"{name}: expected a number, got {raw!r}")
+        return default
+    if not low <= value <= high:
+        problems.append(f"{name}: must be between {low:g} and {high:g}, got {raw}")
+        return default
+    return value

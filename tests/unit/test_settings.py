@@ -134,3 +134,33 @@ def test_deployment_defaults(tmp_path: Path) -> None:
     assert deployment.api_key_env == "ANTHROPIC_API_KEY"
     assert deployment.name == "anthropic:claude-x@api.anthropic.com"
     assert settings.api_key_for(deployment) == "k"
+
+
+def test_database_pool_settings() -> None:
+    pool = load_settings(
+        {**GOOD_ENV, "DATABASE_POOL_SIZE": "20", "DATABASE_POOL_TIMEOUT": "2.5"}
+    ).database_pool
+    assert (pool.size, pool.max_overflow, pool.timeout, pool.recycle) == (20, 10, 2.5, 1800.0)
+    assert problems({"DATABASE_POOL_SIZE": "0", "DATABASE_MAX_OVERFLOW": "lots"}) == [
+        "DATABASE_POOL_SIZE: must be between 1 and 1000, got 0",
+        "DATABASE_MAX_OVERFLOW: expected a number, got 'lots'",
+    ]
+
+
+@pytest.mark.anyio
+async def test_the_pool_reaches_the_engine() -> None:
+    from interlock.store.database import database_for
+
+    env = {
+        **GOOD_ENV,
+        "DATABASE_URL": "postgresql://u:p@127.0.0.1:1/x",
+        "INTERLOCK_SECRET": "s" * 40,
+        "DATABASE_POOL_SIZE": "7",
+        "DATABASE_POOL_RECYCLE": "60",
+    }
+    database = database_for(load_settings(env))
+    try:
+        assert database.engine.pool.size() == 7  # type: ignore[attr-defined]
+        assert database.engine.pool._recycle == 60  # type: ignore[attr-defined]
+    finally:
+        await database.aclose()

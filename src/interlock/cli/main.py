@@ -74,13 +74,13 @@ def config_check(config: ConfigOption = None) -> None:
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Migrate the database schema to this version's head."""
-    from interlock.store.database import Database
+    from interlock.store.database import database_for
     from interlock.store.migrate import current_revision, prepare
 
     settings = settings_or_exit(config_path=config)
 
     async def run() -> str | None:
-        database = Database(settings.database_url)
+        database = database_for(settings)
         try:
             await prepare(database)
             return await current_revision(database)
@@ -93,13 +93,13 @@ def db_upgrade(config: ConfigOption = None) -> None:
 @db_app.command("current")
 def db_current(config: ConfigOption = None) -> None:
     """Show the database's schema revision."""
-    from interlock.store.database import Database
+    from interlock.store.database import database_for
     from interlock.store.migrate import current_revision, head_revision
 
     settings = settings_or_exit(config_path=config)
 
     async def run() -> str | None:
-        database = Database(settings.database_url)
+        database = database_for(settings)
         try:
             return await current_revision(database)
         finally:

@@ -68,11 +68,11 @@ def usage(
     where = UsageFilter(start=first, end=last, user_id=user or None, model=model or None)
 
     async def read() -> tuple[list[UsageTotals], UsageTotals]:
-        from interlock.store.database import Database
+        from interlock.store.database import database_for
         from interlock.store.migrate import current_revision
         from interlock.store.usage import UsageStore
 
-        database = Database(settings.database_url)
+        database = database_for(settings)
         try:
             if await current_revision(database) is None:
                 fail(["the database is empty: start the gateway or run `interlock db upgrade`"])

@@ -69,13 +69,13 @@ class Stores:
 async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
     """The user and key stores over the configured database, migrated to head."""
     from interlock.auth.identity import build_tiers
-    from interlock.store.database import Database
+    from interlock.store.database import database_for
     from interlock.store.keys import KeyStore
     from interlock.store.migrate import prepare
     from interlock.store.secret import resolve_secret
     from interlock.store.users import UserStore
 
-    database = Database(settings.database_url)
+    database = database_for(settings)
     try:
         await prepare(database)
         secret = resolve_secret(settings.secret, settings.data_dir)

@@ -27,6 +27,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import StaticPool
 
+from interlock.settings import Settings
+
 WAL_PRAGMA = "PRAGMA journal_mode=WAL"
 SQLITE_PRAGMAS = (
     "PRAGMA busy_timeout=5000",  # wait up to 5 s for another writer instead of failing
@@ -189,3 +191,15 @@ def _sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
         cursor.close()
 
     return engine
+
+
+def database_for(settings: Settings) -> Database:
+    """The database the settings name, with their pool."""
+    pool = settings.database_pool
+    return Database(
+        settings.database_url,
+        pool_size=pool.size,
+        max_overflow=pool.max_overflow,
+        pool_timeout=pool.timeout,
+        pool_recycle=pool.recycle,
+    )
