@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 from interlock.auth.authenticator import Authenticator
 from interlock.auth.tiers import Tiers
 from interlock.chat.service import ChatService
+from interlock.limits.budgets import Budgets
 from interlock.providers.registry import ProviderRegistry
 from interlock.routing.router import Router
 from interlock.settings import Settings
@@ -37,6 +38,7 @@ class Components:
     keys: KeyStore  # API keys (hashes only)
     users: UserStore
     tiers: Tiers  # the configured tiers, as scopes
+    budgets: Budgets  # spend budgets per key and per user
     request_ids: RequestIds = field(default_factory=RequestIds)
 
 

@@ -31,6 +31,7 @@ from interlock.chat.types import (
 )
 from interlock.components import Components, components_of
 from interlock.errors import InterlockError, InternalError, InvalidRequest, ModelNotFound
+from interlock.limits.budgets import Reservation
 from interlock.telemetry.usage_record import CLIENT_CLOSED_REQUEST, record_usage
 
 log = structlog.get_logger("interlock.api.openai")
@@ -57,6 +58,7 @@ async def chat_completions(request: Request) -> Response:
     request_id = gateway.request_ids.next()
     principal: Principal | None = None  # no usage row for a caller who is not authenticated
     chat: ChatRequest | None = None
+    reservation: Reservation | None = None  # the budgets' hold, settled by ``_account``
     streaming = False
     try:
         principal = await gateway.authenticator.authenticate(
@@ -77,6 +79,9 @@ async def chat_completions(request: Request) -> Response:
         ):
             # A model outside the caller's scope looks exactly like one that does not exist.
             raise ModelNotFound(f"The model {chat.model!r} does not exist.", param="model")
+        # The request's maximum cost, held against its budgets (429 when over, 503 when the
+        # shared state cannot tell: budgets fail closed) before anything reaches upstream.
+        reservation = await gateway.budgets.reserve(principal, chat)
         completion_id = "chatcmpl-" + request_id[4:]
         created = int(time.time())
         if body.stream:
@@ -87,7 +92,7 @@ async def chat_completions(request: Request) -> Response:
             first_token_at = time.perf_counter()
             writer = ChunkWriter(completion_id, created, chat.model)
             on_end = _stream_accountant(
-                gateway, request_id, principal, chat, stream, started, first_token_at
+                gateway, request_id, principal, chat, stream, started, first_token_at, reservation
             )
             ending = StreamEnding(stream, on_end)
             return EndingStreamingResponse(
@@ -114,6 +119,7 @@ async def chat_completions(request: Request) -> Response:
             streaming=False,
             served=served,
             usage=result.usage,
+            reservation=reservation,
         )
         return response
     except InterlockError as error:
@@ -127,6 +133,7 @@ async def chat_completions(request: Request) -> Response:
                 status=error.status,
                 streaming=streaming,
                 error=error.code,
+                reservation=reservation,
             )
         return openai_error_response(error, {"x-request-id": request_id})
     except (ClientGone, ClientDisconnect):
@@ -142,6 +149,7 @@ async def chat_completions(request: Request) -> Response:
                 streaming=streaming,
                 error="client_disconnected",
                 partial=True,
+                reservation=reservation,
             )
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
@@ -161,10 +169,12 @@ def _account(
     first_token_at: float | None = None,
     error: str | None = None,
     partial: bool = False,
+    reservation: Reservation | None = None,
 ) -> None:
-    """Record the request's usage; accounting never fails a request."""
+    """Record the request's usage and settle its budget reservation at the real cost;
+    accounting never fails a request."""
     try:
-        record_usage(
+        record = record_usage(
             gateway.ledger,
             gateway.prices,
             request_id=request_id,
@@ -183,6 +193,9 @@ def _account(
         )
     except Exception:
         log.exception("usage_not_recorded", request_id=request_id)
+        return  # the reservation stays charged: never less than the real cost
+    if reservation is not None:
+        gateway.budgets.settle_soon(reservation, record.cost)
 
 
 def _stream_accountant(
@@ -193,6 +206,7 @@ def _stream_accountant(
     stream: ChatStream,
     started: float,
     first_token_at: float,
+    reservation: Reservation | None,
 ) -> StreamEnd:
     """What a stream does when it ends: record the tokens the client actually received."""
 
@@ -218,6 +232,7 @@ def _stream_accountant(
             first_token_at=first_token_at,
             error=failure,
             partial=partial,
+            reservation=reservation,
         )
 
     return on_end

@@ -1,0 +1,1 @@
+"""Limits on what callers may spend: budgets per key and per user (``budgets``)."""
