@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from interlock.cli.common import EXIT_CONFIG, ConfigOption, fail
-from interlock.cli.common import settings_or_exit as _settings
+from interlock.cli.runtime import EXIT_CONFIG, ConfigOption, fail
+from interlock.cli.runtime import settings_or_exit as _settings
 from interlock.cli.users import (
     FormatOption,
     OutputFormat,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from interlock.cli import keys, usage, users
-from interlock.cli.common import ConfigOption, run_async, settings_or_exit
+from interlock.cli.runtime import ConfigOption, run_async, settings_or_exit
 
 app = typer.Typer(
     name="interlock",

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from interlock.cli.common import ConfigOption, fail, run_async, settings_or_exit
+from interlock.cli.runtime import ConfigOption, fail, run_async, settings_or_exit
 
 if TYPE_CHECKING:
     from interlock.store.usage import UsageFilter, UsageTotals

@@ -23,8 +23,8 @@ from interlock.auth.fields import (
     check_length,
     looks_like_id,
 )
-from interlock.cli.common import EXIT_CONFIG, EXIT_FAILED, ConfigOption, fail, run_async
-from interlock.cli.common import settings_or_exit as _settings
+from interlock.cli.runtime import EXIT_CONFIG, EXIT_FAILED, ConfigOption, fail, run_async
+from interlock.cli.runtime import settings_or_exit as _settings
 from interlock.errors import InvalidRequest
 
 if TYPE_CHECKING:

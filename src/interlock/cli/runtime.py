@@ -1,4 +1,4 @@
-"""What every command shares: loading settings, reporting problems, running async work."""
+"""How a command runs: loading settings, reporting problems in one line each, async work."""
 
 from __future__ import annotations
 
