@@ -35,6 +35,7 @@ from interlock.store.migrate import (
 )
 from interlock.store.models import ApiKey, Base, User
 from interlock.store.secret import load_or_create_secret, resolve_secret
+from tests.fixtures.databases import backend_fixture, database_url_fixture  # noqa: F401
 from tests.fixtures.postgres import PostgresServer, postgres_server, postgres_url  # noqa: F401
 
 pytestmark = pytest.mark.anyio
@@ -46,21 +47,6 @@ ADMIN_KEY = "operator-chosen-admin-key-0123456789"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
-
-
-@pytest.fixture
-def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "sqlite":
-        # A directory that does not exist yet: Database must create it.
-        return f"sqlite+aiosqlite:///{tmp_path / 'data' / 'nested' / 'interlock.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from interlock.store.models import UsageRow
 from interlock.store.usage import UsageFilter, UsageStore
 from interlock.telemetry.ledger import REJECTED_NAME, UsageLedger
 from interlock.telemetry.usage_record import UsageRecord
+from tests.fixtures.databases import backend_fixture, database_url_fixture  # noqa: F401
 from tests.fixtures.postgres import PostgresServer, postgres_server, postgres_url  # noqa: F401
 
 pytestmark = pytest.mark.anyio
@@ -35,20 +36,6 @@ DAY = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
-
-
-@pytest.fixture
-def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'db' / 'interlock.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture
