@@ -102,7 +102,12 @@ async def running(
         service = ChatService.from_config(settings.config, providers, state)
         stack.push_async_callback(service.aclose)
         router = service.router
-        budgets = Budgets(state.limits, settings.config.models, prices)
+        budgets = Budgets(
+            state.limits,
+            settings.config.models,
+            prices,
+            over_budget_status=settings.config.budgets.over_budget_status,
+        )
         stack.push_async_callback(budgets.aclose)
         components = Components(
             settings=settings,

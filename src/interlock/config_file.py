@@ -224,6 +224,13 @@ class UsageConfig(_Strict):
     outbox: bool = Field(default=True, description="write-ahead file in the data dir")
 
 
+class BudgetsConfig(_Strict):
+    """``[budgets]``: how a request over a spend budget is refused."""
+
+    # 429 (the default: OpenAI's clients back off and retry) or 402 Payment Required.
+    over_budget_status: Literal[429, 402] = 429
+
+
 # ---- routing and resilience: [routing] ----------------------------------------------------
 
 
@@ -276,6 +283,7 @@ class FileConfig(_Strict):
     tiers: dict[str, TierConfig] = Field(default_factory=default_tiers)
     auth: AuthConfig = AuthConfig()
     usage: UsageConfig = UsageConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
     routing: RoutingConfig = RoutingConfig()
 
     @field_validator("tiers", mode="after")

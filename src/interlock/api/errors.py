@@ -12,6 +12,7 @@ from interlock.errors import InterlockError
 _OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "invalid_request_error",
+    402: "insufficient_quota",
     403: "permission_error",
     404: "invalid_request_error",
     413: "invalid_request_error",
