@@ -72,6 +72,7 @@ class ChatRequest:
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    top_k: int | None = None  # Anthropic's; providers without it leave it out
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     tools: list[Tool] = field(default_factory=list)
