@@ -133,7 +133,7 @@ class EventWriter:
 
     def start(self, input_tokens: int) -> bytes:
         """``message_start`` (with the input tokens as known so far) and a ``ping``."""
-        message = {
+        message: dict[str, Any] = {
             "id": self._message_id,
             "type": "message",
             "role": "assistant",
