@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from interlock.api import admin, health, openai, usage
+from interlock.api import admin, anthropic, health, openai, usage
 from interlock.api import keys as own_keys
 from interlock.api.errors import openai_error_response
 from interlock.auth.identity import open_identity
@@ -145,7 +145,14 @@ class InterlockApp:
         self.settings = settings
         self._announce = announce
         self.http = Starlette(
-            routes=[*health.routes, *openai.routes, *usage.routes, *admin.routes, *own_keys.routes],
+            routes=[
+                *health.routes,
+                *openai.routes,
+                *anthropic.routes,
+                *usage.routes,
+                *admin.routes,
+                *own_keys.routes,
+            ],
             exception_handlers={404: _not_found, 405: _not_found, Exception: _internal_error},
         )
 
