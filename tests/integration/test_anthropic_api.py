@@ -318,6 +318,19 @@ def test_stop_sequences_and_max_tokens(client: anthropic.Anthropic, upstream: Fa
     anthropic_body, openai_body = (served.body for served in upstream.ledger)
     assert anthropic_body["stop_sequences"] == ["END", "STOP"]
     assert openai_body["stop"] == ["END"]
+    # A provider that says which stop sequence ended the answer: passed on as it said.
+    upstream.default = Behavior(text="Count: one two", finish_reason="stop_sequence")
+    message = client.messages.create(
+        model="claude-fake", max_tokens=10, messages=HELLO, stop_sequences=["three", "four"]
+    )
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "three")
+    with client.messages.stream(
+        model="claude-fake", max_tokens=10, messages=HELLO, stop_sequences=["three"]
+    ) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "three")
+    assert final.content[0].text == "Count: one two"  # type: ignore[union-attr]
+    upstream.default = Behavior()
     # The fake stops at max_tokens words, as a model would.
     message = client.messages.create(model="gpt-fake", max_tokens=2, messages=HELLO)
     assert message.stop_reason == "max_tokens"

@@ -180,6 +180,14 @@ def test_finish_reasons_map_to_stop_reasons(reason: Any, stop_reason: str) -> No
     assert message_body("msg_1", "m", result)["stop_reason"] == stop_reason
 
 
+def test_a_stop_sequence_the_provider_named() -> None:
+    rendered = render([TextDelta("x"), Usage(1, 1), Finish("stop", "END")])
+    assert rendered[-2][1]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
+    body = message_body("m", "m", ChatResult("x", "", [], "stop", Usage(1, 1), "END"))
+    assert (body["stop_reason"], body["stop_sequence"]) == ("stop_sequence", "END")
+    anthropic.types.Message.model_validate(body)
+
+
 def test_empty_deltas_open_no_block() -> None:
     rendered = render([TextDelta(""), ReasoningDelta(""), Usage(1, 0), Finish("stop")])
     assert names(rendered) == ["message_start", "ping", "message_delta", "message_stop"]

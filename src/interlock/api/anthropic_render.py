@@ -24,6 +24,7 @@ from interlock.chat.types import (
     ChatResult,
     Event,
     Finish,
+    FinishReason,
     ReasoningDelta,
     TextDelta,
     ToolCall,
@@ -36,6 +37,14 @@ _encode = msgspec.json.encode
 
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+
+
+def stop_fields(reason: FinishReason, stop_sequence: str | None) -> dict[str, str | None]:
+    """``stop_reason`` and ``stop_sequence``: ``stop_sequence`` only when the provider said
+    which of the caller's sequences ended the answer."""
+    if reason == "stop" and stop_sequence is not None:
+        return {"stop_reason": "stop_sequence", "stop_sequence": stop_sequence}
+    return {"stop_reason": TO_ANTHROPIC[reason], "stop_sequence": None}
 
 
 def usage_body(usage: Usage) -> dict[str, int]:
@@ -80,8 +89,7 @@ def message_body(message_id: str, model: str, result: ChatResult) -> dict[str, A
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": TO_ANTHROPIC[result.finish_reason],
-        "stop_sequence": None,
+        **stop_fields(result.finish_reason, result.stop_sequence),
         "usage": usage_body(result.usage),
     }
 
@@ -171,7 +179,7 @@ class EventWriter:
             raise UpstreamProtocolError("The model provider's stream ended early.")
         delta: dict[str, Any] = {
             "type": "message_delta",
-            "delta": {"stop_reason": TO_ANTHROPIC[self._finish.reason], "stop_sequence": None},
+            "delta": stop_fields(self._finish.reason, self._finish.stop_sequence),
             "usage": usage_body(self._usage) if self._usage is not None else {"output_tokens": 0},
         }
         return self._close() + sse("message_delta", delta) + MESSAGE_STOP

@@ -119,7 +119,11 @@ class Usage:
 
 @dataclass(slots=True)
 class Finish:
+    """How the answer ended. ``stop_sequence`` is the caller's stop sequence that ended it,
+    when the provider says which (Anthropic does; OpenAI does not)."""
+
     reason: FinishReason
+    stop_sequence: str | None = None
 
 
 Event: TypeAlias = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish
@@ -148,3 +152,4 @@ class ChatResult:
     tool_calls: list[ToolCall]
     finish_reason: FinishReason
     usage: Usage
+    stop_sequence: str | None = None  # see ``Finish``

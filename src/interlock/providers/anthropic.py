@@ -294,6 +294,7 @@ class _BlockStop(msgspec.Struct, gc=False):
 
 class _MessageDeltaBody(msgspec.Struct, gc=False):
     stop_reason: str | None = None
+    stop_sequence: str | None = None
 
 
 class _MessageDelta(msgspec.Struct, gc=False):
@@ -341,6 +342,7 @@ class AnthropicStreamDecoder:
         "_saw_usage",
         "_secret",
         "_stop_reason",
+        "_stop_sequence",
         "_tool_blocks",
         "_tool_count",
         "done",
@@ -350,6 +352,7 @@ class AnthropicStreamDecoder:
         self.done = False
         self._secret = secret
         self._stop_reason: str | None = None
+        self._stop_sequence: str | None = None
         self._tool_blocks: dict[int, _ToolBlock] = {}  # by content block index
         self._tool_count = 0
         self._saw_usage = False
@@ -373,6 +376,7 @@ class AnthropicStreamDecoder:
                 message_delta = _decode_message_delta(data)
                 if message_delta.delta is not None and message_delta.delta.stop_reason:
                     self._stop_reason = message_delta.delta.stop_reason
+                    self._stop_sequence = message_delta.delta.stop_sequence
                 self._add_usage(message_delta.usage)
             elif event == "message_stop":
                 self.done = True
@@ -464,5 +468,6 @@ class AnthropicStreamDecoder:
             reason = FROM_ANTHROPIC.get(self._stop_reason, "other")
         else:
             reason = "tool_calls" if self._tool_count else "stop"
-        events.append(Finish(reason))
+        stop_sequence = self._stop_sequence if self._stop_reason == "stop_sequence" else None
+        events.append(Finish(reason, stop_sequence))
         return events
