@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from interlock.api import admin, anthropic, health, openai, usage
 from interlock.api import keys as own_keys
-from interlock.api.errors import openai_error_response
+from interlock.api.errors import anthropic_error_response, openai_error_response
 from interlock.auth.identity import open_identity
 from interlock.chat.service import ChatService
 from interlock.components import Components
@@ -124,18 +124,25 @@ async def running(
         yield components
 
 
+def _error_response(request: Request, error: InterlockError) -> Response:
+    """An error outside any route's own handling, in the shape its path's clients parse."""
+    if request.url.path.startswith("/v1/messages"):
+        return anthropic_error_response(error)
+    return openai_error_response(error)
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 404
     error: InterlockError = NotFound(f"No route for {request.method} {request.url.path}.")
     if status == 405:
         error = NotFound(f"{request.method} is not allowed on {request.url.path}.")
         error.status = 405
-    return openai_error_response(error)
+    return _error_response(request, error)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled_error", path=request.url.path)
-    return openai_error_response(InternalError())
+    return _error_response(request, InternalError())
 
 
 class InterlockApp:

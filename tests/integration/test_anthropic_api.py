@@ -581,6 +581,20 @@ def test_client_disconnect_mid_stream_closes_the_upstream_call(
     assert not served.completed
 
 
+def test_unknown_routes_and_methods_under_messages_are_anthropic_shaped(
+    gateway: RunningGateway,
+) -> None:
+    response = httpx.get(f"{gateway.url}/v1/messages", headers={"x-api-key": ADMIN_KEY})
+    assert response.status_code == 405
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    response = raw(gateway, {}, path="/v1/messages/batches")
+    assert response.status_code == 404
+    assert response.json() == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "No route for POST /v1/messages/batches."},
+    }
+
+
 # ---- count_tokens ----------------------------------------------------------------------------
 
 
