@@ -5,14 +5,19 @@ shape."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
+from sqlalchemy import select
 
+from interlock.store.database import Database
+from interlock.store.models import UsageRow
 from interlock.testing.fake_upstream import Behavior, FakeUpstream, ToolCallReply
 from tests.support.gateway import ADMIN_KEY, RunningGateway, make_settings, serve
 
@@ -53,6 +58,7 @@ def gateway(
     tmp = tmp_path_factory.mktemp("gateway")
     config = {
         "server": {"max_body_bytes": 64 * 1024, "max_output_tokens": 4096},
+        "usage": {"flush_interval_ms": 20},
         "models.claude-fake": {
             "deployments": [deployment(upstream.anthropic_base_url, "claude-up", "anthropic")]
         },
@@ -593,6 +599,67 @@ def test_unknown_routes_and_methods_under_messages_are_anthropic_shaped(
         "type": "error",
         "error": {"type": "not_found_error", "message": "No route for POST /v1/messages/batches."},
     }
+
+
+# ---- usage -----------------------------------------------------------------------------------
+
+
+def usage_rows(gateway: RunningGateway, request_id: str, wait: float = 10.0) -> list[UsageRow]:
+    """The usage rows of ``request_id``, once the gateway has written them."""
+
+    async def read() -> list[UsageRow]:
+        database = Database(gateway.settings.database_url)
+        try:
+            async with database.session() as session:
+                query = select(UsageRow).where(UsageRow.request_id == request_id)
+                return list((await session.scalars(query)).all())
+        finally:
+            await database.aclose()
+
+    deadline = time.monotonic() + wait
+    while True:
+        rows = asyncio.run(read())
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.02)
+
+
+def test_every_messages_request_leaves_one_usage_row(
+    client: anthropic.Anthropic, gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.default = Behavior(text="one two three")
+    response = client.messages.with_raw_response.create(
+        model="gpt-fake", max_tokens=10, messages=HELLO
+    )
+    message = response.parse()
+    [row] = usage_rows(gateway, response.headers["request-id"])
+    assert (row.input_tokens, row.output_tokens) == (
+        message.usage.input_tokens,
+        message.usage.output_tokens,
+    )
+    assert (row.status, row.streaming, row.partial, row.model) == (200, False, False, "gpt-fake")
+
+    with client.messages.with_streaming_response.create(
+        model="claude-fake", max_tokens=10, messages=HELLO, stream=True
+    ) as streamed:
+        request_id = streamed.headers["request-id"]
+        for _ in streamed.iter_lines():
+            pass
+    [row] = usage_rows(gateway, request_id)
+    assert (row.status, row.streaming, row.partial, row.output_tokens) == (200, True, False, 3)
+
+    upstream.default = Behavior(tokens=10, error_event_after=3)
+    response = raw(
+        gateway, {"model": "claude-fake", "max_tokens": 10, "messages": HELLO, "stream": True}
+    )
+    assert sse_events(response.text)[-1][0] == "error"
+    [row] = usage_rows(gateway, response.headers["request-id"])
+    assert (row.status, row.partial, row.error) == (200, True, "upstream_overloaded")
+
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        client.messages.create(model="no-such-model", max_tokens=10, messages=HELLO)
+    [row] = usage_rows(gateway, caught.value.response.headers["request-id"])
+    assert (row.status, row.error) == (404, "model_not_found")
 
 
 # ---- count_tokens ----------------------------------------------------------------------------

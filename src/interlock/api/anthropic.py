@@ -8,11 +8,9 @@ canonical ``ChatRequest`` (``anthropic_wire``) and the canonical answer rendered
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 
 import msgspec
-import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -22,36 +20,34 @@ from interlock.api.anthropic_render import EventWriter, error_event, message_bod
 from interlock.api.body import read_body
 from interlock.api.disconnect import ClientGone, unless_disconnected
 from interlock.api.errors import anthropic_error_response
-from interlock.api.openai import _account, _stream_accountant, served_headers
-from interlock.api.streaming import EndingStreamingResponse, StreamEnding
-from interlock.auth.access import allowed_models
+from interlock.api.streaming import EndingStreamingResponse
+from interlock.auth.access import allowed_models, model_not_found
 from interlock.auth.authenticator import bearer_token
-from interlock.auth.principal import Principal
-from interlock.chat.service import ChatStream, estimate_tokens
+from interlock.chat.pipeline import Reply
+from interlock.chat.stream import estimate_tokens
 from interlock.chat.types import ChatRequest
 from interlock.components import components_of
-from interlock.errors import InterlockError, InternalError, InvalidRequest, ModelNotFound
-from interlock.limits.budgets import Reservation
+from interlock.errors import InterlockError
 from interlock.telemetry.usage_record import CLIENT_CLOSED_REQUEST
-
-log = structlog.get_logger("interlock.api.anthropic")
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 def api_key(request: Request) -> str | None:
-    """The caller's key: ``x-api-key`` (Anthropic's own header), else a bearer token."""
+    """The caller's key: ``x-api-key`` (Anthropic's own header), else a bearer token
+    (what ``anthropic`` ≥ 2.0 sends)."""
     key = request.headers.get("x-api-key", "").strip()
     return key or bearer_token(request.headers.get("authorization"))
 
 
-def request_headers(request_id: str) -> dict[str, str]:
-    return {"request-id": request_id, "x-request-id": request_id}
+def with_request_id(headers: dict[str, str]) -> dict[str, str]:
+    """``request-id`` too: Anthropic's header, which its SDK reads as ``_request_id``."""
+    return {**headers, "request-id": headers["x-request-id"]}
 
 
 def input_estimate(chat: ChatRequest) -> int:
     """About four characters a token over everything the model reads: system prompt and
-    messages, tool calls' arguments, and the tool definitions."""
+    messages, tool calls' names and arguments, and the tool definitions."""
     chars = 0
     for message in chat.messages:
         chars += len(message.text())
@@ -64,130 +60,60 @@ def input_estimate(chat: ChatRequest) -> int:
 
 
 async def messages(request: Request) -> Response:
-    started = time.perf_counter()
     gateway = components_of(request)
-    request_id = gateway.request_ids.next()
-    principal: Principal | None = None
-    chat: ChatRequest | None = None
-    reservation: Reservation | None = None
-    streaming = False
+    call = gateway.pipeline.begin()
     try:
-        principal = await gateway.authenticator.authenticate(api_key(request))
+        await call.authenticate(api_key(request))
         version = anthropic_wire.check_version(request.headers.get("anthropic-version"))
         server = gateway.settings.config.server
         raw = await read_body(request, server.max_body_bytes)
         body, chat = anthropic_wire.parse(raw, server.max_output_tokens, version=version)
-        streaming = body.stream
-        if len(chat.messages) > server.max_messages:
-            raise InvalidRequest(
-                f"messages: too many messages, at most {server.max_messages} are allowed.",
-                param="messages",
-            )
-        allowed = allowed_models(principal)
-        if not gateway.router.has_model(chat.model) or (
-            allowed is not None and chat.model not in allowed
-        ):
-            raise ModelNotFound(f"model: {chat.model!r} does not exist.", param="model")
-        reservation = await gateway.budgets.reserve(principal, chat)
-        message_id = "msg_" + request_id[4:]
+        message_id = "msg_" + call.request_id[4:]
         if body.stream:
-            stream = await unless_disconnected(gateway.service.open(chat, allowed), request.receive)
-            first_token_at = time.perf_counter()
+            # Until the first token nothing is sent, so only ``receive`` tells that the
+            # client left: then the attempt is cancelled and the upstream call with it.
+            reply = await unless_disconnected(call.stream(chat), request.receive)
             writer = EventWriter(message_id, chat.model)
-            on_end = _stream_accountant(
-                gateway, request_id, principal, chat, stream, started, first_token_at, reservation
-            )
-            ending = StreamEnding(stream, on_end)
             return EndingStreamingResponse(
-                _stream_body(stream, writer, input_estimate(chat), request_id, ending),
-                ending,
+                _stream_body(reply, writer, input_estimate(chat), call.request_id),
+                reply,
                 media_type="text/event-stream",
-                headers={
-                    **_SSE_HEADERS,
-                    **served_headers(request_id, stream.served, started),
-                    **request_headers(request_id),
-                },
+                headers={**_SSE_HEADERS, **with_request_id(call.headers())},
             )
-        result, served = await unless_disconnected(
-            gateway.service.complete(chat, allowed), request.receive
-        )
-        response = Response(
+        result = await unless_disconnected(call.complete(chat), request.receive)
+        return Response(
             msgspec.json.encode(message_body(message_id, chat.model, result)),
             media_type="application/json",
-            headers={**served_headers(request_id, served, started), **request_headers(request_id)},
+            headers=with_request_id(call.headers()),
         )
-        _account(
-            gateway,
-            request_id,
-            principal,
-            chat,
-            started,
-            status=200,
-            streaming=False,
-            served=served,
-            usage=result.usage,
-            reservation=reservation,
-        )
-        return response
     except InterlockError as error:
-        if principal is not None:
-            _account(
-                gateway,
-                request_id,
-                principal,
-                chat,
-                started,
-                status=error.status,
-                streaming=streaming,
-                error=error.code,
-                reservation=reservation,
-            )
-        return anthropic_error_response(error, request_id)
+        call.failed(error)
+        return anthropic_error_response(error, call.request_id, call.headers())
     except (ClientGone, ClientDisconnect):
-        log.info("client_disconnected", request_id=request_id)
-        if principal is not None:
-            _account(
-                gateway,
-                request_id,
-                principal,
-                chat,
-                started,
-                status=CLIENT_CLOSED_REQUEST,
-                streaming=streaming,
-                error="client_disconnected",
-                partial=True,
-                reservation=reservation,
-            )
+        call.client_left()
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 async def _stream_body(
-    stream: ChatStream,
-    writer: EventWriter,
-    input_tokens: int,
-    request_id: str,
-    ending: StreamEnding,
+    reply: Reply, writer: EventWriter, input_tokens: int, request_id: str
 ) -> AsyncIterator[bytes]:
-    failure: str | None = None
     try:
         yield writer.start(input_tokens)
-        async for event in stream.events():
+        async for event in reply.events():
             chunk = writer.feed(event)
             if chunk:
                 yield chunk
         yield writer.end()
     except InterlockError as error:
-        failure = error.code
         yield error_event(error, request_id)
-    except Exception:
-        log.exception("stream_failed")
-        failure = InternalError.code
-        yield error_event(InternalError(), request_id)
     finally:
-        await ending.end(failure)
+        # Also on cancellation (the client went away): the upstream call ends here, and the
+        # tokens sent so far are still accounted.
+        await reply.end()
 
 
 async def count_tokens(request: Request) -> Response:
+    """An estimate of the request's input tokens; no provider is called, nothing is billed."""
     gateway = components_of(request)
     request_id = gateway.request_ids.next()
     try:
@@ -198,17 +124,17 @@ async def count_tokens(request: Request) -> Response:
         _, chat = anthropic_wire.parse(
             raw, server.max_output_tokens, version=version, require_max_tokens=False
         )
-        allowed = allowed_models(principal)
+        allowed = allowed_models(principal)  # 403 if the caller's tier is not configured
         if not gateway.router.has_model(chat.model) or (
             allowed is not None and chat.model not in allowed
         ):
-            raise ModelNotFound(f"model: {chat.model!r} does not exist.", param="model")
+            raise model_not_found(chat.model)
     except InterlockError as error:
         return anthropic_error_response(error, request_id)
     return Response(
         msgspec.json.encode({"input_tokens": input_estimate(chat)}),
         media_type="application/json",
-        headers=request_headers(request_id),
+        headers={"request-id": request_id, "x-request-id": request_id},
     )
 
 
