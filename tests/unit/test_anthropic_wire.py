@@ -385,3 +385,79 @@ def test_malformed_bodies_name_the_field(body: Any, param: str, words: str) -> N
 def test_bodies_that_are_not_a_json_object(raw: bytes) -> None:
     error = refused(raw)
     assert "JSON" in error.message or "object" in error.message
+
+
+# ---- never anything but a 400 ------------------------------------------------------------------
+
+FULL: dict[str, Any] = {
+    "model": "m",
+    "max_tokens": 100,
+    "system": [{"type": "text", "text": "Be brief."}],
+    "messages": [
+        {"role": "user", "content": [
+            {"type": "text", "text": "Hi"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": "iVBO"}},
+        ]},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "t", "signature": "s"},
+            {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "x"}},
+        ]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1",
+             "content": [{"type": "text", "text": "18C"}]},
+        ]},
+    ],
+    "stop_sequences": ["END"],
+    "temperature": 0.5,
+    "top_k": 3,
+    "tools": [{"name": "weather", "description": "d", "input_schema": {"type": "object"}}],
+    "tool_choice": {"type": "tool", "name": "weather"},
+    "metadata": {"user_id": "u"},
+    "thinking": {"type": "enabled", "budget_tokens": 1024},
+}  # fmt: skip
+
+WRONG_VALUES: list[Any] = [None, 0, -1, 1.5, True, "", "x", [], [None], {}, {"type": "x"}]
+
+
+def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += paths(item, (*prefix, index))
+    return found
+
+
+def replaced(path: tuple[Any, ...], new: Any, *, delete: bool = False) -> Any:
+    body = json.loads(json.dumps(FULL))
+    parent = body
+    for key in path[:-1]:
+        parent = parent[key]
+    if delete:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = new
+    return body
+
+
+def test_the_full_body_parses() -> None:
+    request = chat(FULL)
+    assert [m.role for m in request.messages] == ["system", "user", "assistant", "tool"]
+
+
+@pytest.mark.parametrize("path", paths(FULL), ids=lambda p: ".".join(map(str, p)))
+def test_any_field_wrong_or_missing_is_a_400_or_accepted(path: tuple[Any, ...]) -> None:
+    """Every field of a full body, replaced by every kind of wrong value or removed: the
+    parser accepts it or raises ``InvalidRequest`` with a message, never anything else."""
+    bodies = [replaced(path, value) for value in WRONG_VALUES]
+    bodies.append(replaced(path, None, delete=True))
+    refusals: list[InvalidRequest] = []
+    for body in bodies:
+        try:
+            parse(json.dumps(body).encode(), MAX_OUTPUT)
+        except InvalidRequest as error:
+            refusals.append(error)
+    assert all(error.status == 400 and error.message for error in refusals)
