@@ -20,9 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from interlock.api import admin, health, openai, usage
+from interlock.api import admin, anthropic, health, openai, usage
 from interlock.api import keys as own_keys
-from interlock.api.errors import openai_error_response
+from interlock.api.errors import anthropic_error_response, openai_error_response
 from interlock.auth.identity import open_identity
 from interlock.chat.service import ChatService
 from interlock.components import Components
@@ -129,18 +129,25 @@ async def running(
         yield components
 
 
+def _error_response(request: Request, error: InterlockError) -> Response:
+    """An error outside any route's own handling, in the shape its path's clients parse."""
+    if request.url.path.startswith("/v1/messages"):
+        return anthropic_error_response(error)
+    return openai_error_response(error)
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 404
     error: InterlockError = NotFound(f"No route for {request.method} {request.url.path}.")
     if status == 405:
         error = NotFound(f"{request.method} is not allowed on {request.url.path}.")
         error.status = 405
-    return openai_error_response(error)
+    return _error_response(request, error)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled_error", path=request.url.path)
-    return openai_error_response(InternalError())
+    return _error_response(request, InternalError())
 
 
 class InterlockApp:
@@ -150,7 +157,14 @@ class InterlockApp:
         self.settings = settings
         self._announce = announce
         self.http = Starlette(
-            routes=[*health.routes, *openai.routes, *usage.routes, *admin.routes, *own_keys.routes],
+            routes=[
+                *health.routes,
+                *openai.routes,
+                *anthropic.routes,
+                *usage.routes,
+                *admin.routes,
+                *own_keys.routes,
+            ],
             exception_handlers={404: _not_found, 405: _not_found, Exception: _internal_error},
         )
 

@@ -255,4 +255,5 @@ async def collect(stream: ChatStream) -> ChatResult:
         tool_calls=[calls[index] for index in sorted(calls)],
         finish_reason=finish.reason,
         usage=usage,
+        stop_sequence=finish.stop_sequence,
     )
