@@ -387,7 +387,7 @@ def _format_validation(prefix: str, error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"] if part != "__root__")
-        where = f"{prefix}{location}" if location else prefix.rstrip(".") or "config"
+        where = f"{prefix}{location}" if location else prefix.rstrip(": .") or "config"
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"{where}: {message}")
     return lines

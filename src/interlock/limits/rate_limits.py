@@ -160,9 +160,6 @@ class Admission:
         return self.quotas.headers()
 
 
-UNLIMITED = Admission(NO_QUOTAS)
-
-
 @dataclass(frozen=True, slots=True)
 class _Rates:
     rpm: int | None
@@ -298,32 +295,35 @@ class RateLimiter:
         """A fresh id for one request's slots, unique across instances."""
         return f"{self._instance}-{next(self._counter)}"
 
-    async def admit(self, principal: Principal, request: ChatRequest) -> Admission:
+    async def admit(
+        self, principal: Principal, request: ChatRequest, *, before: Quotas = NO_QUOTAS
+    ) -> Admission:
         """Admit ``request`` within every rate limit of ``principal``, or refuse it.
 
         Takes one request and the reserved tokens from every bucket at once, then a slot in
-        every concurrency pool. Raises ``RateLimitExceeded`` naming the tightest refusing
-        scope (``ServiceUnavailable`` when the state is down and the policy is ``closed``).
-        The ``Admission`` must be given to ``settle`` when the request ends.
+        every concurrency pool. Raises ``RateLimitExceeded`` naming the refusing scope that
+        needs the longest wait (``ServiceUnavailable`` when the state is down and the policy
+        is ``closed``). ``before`` are the quotas ``before_auth`` returned, reported too when
+        tighter. The ``Admission`` must be given to ``settle`` when the request ends.
         """
         pools = self._pools(principal)
         tokens = self.reserved_tokens(request)
         buckets = self._buckets(principal, request.model, tokens)
         if not buckets and not pools:
-            return UNLIMITED
+            return Admission(before)
         if request.max_tokens is None:
             # The caller did not ask for this output: never refuse for our own default.
             caps = [b.limit for b in buckets if _unit(b.key) == "tokens"]
             if caps and tokens > min(caps):
                 tokens = min(caps)
                 buckets = self._buckets(principal, request.model, tokens)
-        quotas = NO_QUOTAS
+        quotas = before
         limits_backend: SharedState | None = None
         if buckets:
             answer = await self.state.run("admit", lambda s: s.limits.admit(buckets))
             if answer is not None:
                 decision, limits_backend = answer
-                quotas = _quotas(decision.scopes)
+                quotas = before.merged(_quotas(decision.scopes))
                 if not decision.allowed:
                     raise self._refusal(decision, quotas, tokens)
         charged = tuple(b for b in buckets if _unit(b.key) == "tokens")
