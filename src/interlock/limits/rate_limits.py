@@ -437,8 +437,12 @@ class RateLimiter:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def aclose(self) -> None:
-        """Wait for the settlements still running; close the local fallback state."""
+    async def wait_settled(self) -> None:
+        """Wait for the settlements ``settle_soon`` started."""
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Wait for the settlements still running; close the local fallback state."""
+        await self.wait_settled()
         await self.state.aclose()
