@@ -4,6 +4,8 @@ sliver of refill, and waits are compared with a small tolerance)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -438,3 +440,22 @@ async def test_settle_soon_runs_from_synchronous_code(harness: Harness) -> None:
     await limiter.wait_settled()
     again = await limiter.admit(user, chat(max_tokens=10))  # the slot is free again
     harness.remaining(again.quotas.tokens, 1000 - 2 - 11)
+
+
+async def test_a_caller_cancelled_while_being_admitted_leaves_nothing_held(
+    harness: Harness,
+) -> None:
+    limiter = harness.limiter()
+    user = who(owner=Scope(max_concurrent=1, tpm=1000))
+    for delay in (0.0, 0.0005, 0.001, 0.002):
+        admitting = asyncio.ensure_future(limiter.admit(user, chat(max_tokens=500)))
+        await asyncio.sleep(delay)
+        admitting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            finished = await admitting  # too late to cancel: the caller settles it
+            await limiter.settle(finished, 0)
+        await limiter.wait_settled()
+        # Whatever point it was cancelled at, its slot and its tokens are back.
+        admission = await limiter.admit(user, chat(max_tokens=500))
+        harness.remaining(admission.quotas.tokens, 1000 - 501)
+        await limiter.settle(admission, 0)

@@ -38,6 +38,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -188,8 +189,9 @@ class RateLimiter:
         # Slot holders must be unique across instances: a random instance id and a counter.
         self._instance = os.urandom(6).hex()
         self._counter = itertools.count()
-        # Settlements started from synchronous code (a stream's end), awaited by ``aclose``.
-        self._pending: set[asyncio.Task[None]] = set()
+        # Admissions and settlements running on their own (see ``admit``, ``settle_soon``),
+        # awaited by ``aclose``.
+        self._pending: set[asyncio.Future[Any]] = set()
 
     # --- before authentication ------------------------------------------------------------
 
@@ -317,6 +319,24 @@ class RateLimiter:
             if caps and tokens > min(caps):
                 tokens = min(caps)
                 buckets = self._buckets(principal, request.model, tokens)
+        # Once something is taken it must be given back: a caller cancelled mid-way (the
+        # client left) must not leave a slot held until its lease ends.
+        task = asyncio.ensure_future(self._admit(buckets, pools, tokens, before))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._abandoned)
+            raise
+
+    def _abandoned(self, task: asyncio.Future[Admission]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.settle_soon(task.result(), 0)
+
+    async def _admit(
+        self, buckets: list[Limit], pools: list[tuple[str, int]], tokens: int, before: Quotas
+    ) -> Admission:
         quotas = before
         limits_backend: SharedState | None = None
         if buckets:
@@ -438,8 +458,9 @@ class RateLimiter:
         task.add_done_callback(self._pending.discard)
 
     async def wait_settled(self) -> None:
-        """Wait for the settlements ``settle_soon`` started."""
-        if self._pending:
+        """Wait for the settlements ``settle_soon`` started (and the admissions whose caller
+        was cancelled, which settle when they are done)."""
+        while self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
     async def aclose(self) -> None:
