@@ -160,6 +160,10 @@ class Admission:
     def headers(self) -> dict[str, str]:
         return self.quotas.headers()
 
+    def renew_due(self) -> bool:
+        """Whether the slots' leases should be renewed now (``RateLimiter.renew``)."""
+        return bool(self.slots) and asyncio.get_running_loop().time() >= self.renew_at
+
 
 @dataclass(frozen=True, slots=True)
 class _Rates:
