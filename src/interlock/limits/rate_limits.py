@@ -40,8 +40,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from interlock.auth.principal import Principal
 from interlock.chat.stream import estimate_tokens, request_length
 from interlock.chat.types import ChatRequest
@@ -51,8 +49,6 @@ from interlock.limits.fallback import LimitState
 from interlock.limits.quota import NO_QUOTAS, Quotas, tightest
 from interlock.settings import LimitsConfig
 from interlock.state import Decision, Limit, ScopeStatus, SharedState
-
-log = structlog.get_logger("interlock.limits")
 
 WINDOW = 60.0  # every rate is per minute
 # No one knows when a concurrent request ends; a full pool is worth asking about this soon.
