@@ -28,6 +28,7 @@ from interlock.chat.service import ChatService
 from interlock.components import Components
 from interlock.errors import InterlockError, InternalError, NotFound
 from interlock.limits.budgets import Budgets
+from interlock.limits.rate_limits import RateLimiter
 from interlock.providers.registry import ProviderRegistry
 from interlock.settings import Settings
 from interlock.state import build_state
@@ -109,6 +110,12 @@ async def running(
             over_budget_status=settings.config.budgets.over_budget_status,
         )
         stack.push_async_callback(budgets.aclose)
+        limiter = RateLimiter(
+            state,
+            settings.config.limits,
+            default_output_tokens=settings.config.routing.default_output_tokens,
+        )
+        stack.push_async_callback(limiter.aclose)
         components = Components(
             settings=settings,
             database=database,
@@ -123,6 +130,7 @@ async def running(
             users=identity.users,
             tiers=identity.tiers,
             budgets=budgets,
+            limiter=limiter,
         )
         if announce is not None:
             announce(settings, new_admin_key)

@@ -38,7 +38,11 @@ async def chat_completions(request: Request) -> Response:
     gateway = components_of(request)
     call = gateway.pipeline.begin()
     try:
-        await call.authenticate(bearer_token(request.headers.get("authorization")))
+        await call.authenticate(
+            bearer_token(request.headers.get("authorization")),
+            peer=request.client.host if request.client is not None else None,
+            forwarded_for=request.headers.getlist("x-forwarded-for"),
+        )
         server = gateway.settings.config.server
         raw = await read_body(request, server.max_body_bytes)
         body, chat = openai_wire.parse(raw, server.max_output_tokens)

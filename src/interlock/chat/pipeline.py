@@ -5,12 +5,16 @@ credential and the body in its own format, hands the canonical request to its ca
 renders the events, the answer or the error in its own format. Everything else happens here,
 in the same order whatever the protocol:
 
-1. authenticate → the principal, or 401 (``ChatCall.authenticate``);
+1. authenticate → the principal, or 401 (``ChatCall.authenticate``); before it, the client
+   IP's rate limit and failed-authentication lock-out → 429;
 2. check → request limits and the caller's model access → 400 / 403 / 404;
-3. budgets → the request's maximum cost held against the caller's budgets → 429 / 402 / 503;
-4. call → ``ChatService``: routing, retries, fallbacks and the stream-integrity contract;
-5. account → exactly one usage row however the request ends (answered, refused, cut by a
-   failure mid-stream, abandoned by the client), and the budget hold settled at the real cost.
+3. admit → rate limits per key, user, tier and model (requests, tokens, concurrency) → 429
+   with ``Retry-After``; the ``x-ratelimit-*`` headers on every response;
+4. budgets → the request's maximum cost held against the caller's budgets → 429 / 402 / 503;
+5. call → ``ChatService``: routing, retries, fallbacks and the stream-integrity contract;
+6. account → exactly one usage row however the request ends (answered, refused, cut by a
+   failure mid-stream, abandoned by the client); the budget hold and the rate-limit
+   admission settled with the real cost and tokens.
 
 A streaming answer is a ``Reply``: the adapter renders its ``events()`` and calls ``end()``
 when the response is over, in every case (``interlock.api.streaming`` makes sure of it). A
@@ -20,7 +24,7 @@ non-streaming answer is the same stream collected to the end (``ChatCall.complet
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -32,8 +36,10 @@ from interlock.auth.principal import Principal
 from interlock.chat.service import ChatService
 from interlock.chat.stream import ChatStream, ServedBy, collect
 from interlock.chat.types import ChatRequest, ChatResult, Event, Usage
-from interlock.errors import InterlockError, InternalError, InvalidRequest
+from interlock.errors import AuthenticationFailed, InterlockError, InternalError, InvalidRequest
 from interlock.limits.budgets import Budgets, Reservation
+from interlock.limits.quota import NO_QUOTAS, Quotas
+from interlock.limits.rate_limits import Admission, RateLimiter, RateLimitExceeded
 from interlock.settings import ServerConfig
 from interlock.telemetry.prices import DeploymentPrices
 from interlock.telemetry.request_ids import RequestIds
@@ -50,6 +56,7 @@ class ChatPipeline:
     authenticator: Authenticator
     service: ChatService
     budgets: Budgets
+    limiter: RateLimiter
     ledger: UsageSink
     prices: DeploymentPrices
     request_ids: RequestIds
@@ -69,8 +76,10 @@ class ChatCall:
 
     __slots__ = (
         "_accounted",
+        "_admission",
         "_allowed",
         "_pipeline",
+        "_quotas",
         "_reservation",
         "chat",
         "principal",
@@ -90,11 +99,31 @@ class ChatCall:
         self.streaming = False
         self._allowed: frozenset[str] | None = None
         self._reservation: Reservation | None = None  # the budgets' hold
+        self._admission: Admission | None = None  # the rate limits' hold
+        self._quotas: Quotas = NO_QUOTAS  # the x-ratelimit-* values known so far
         self._accounted = False
 
-    async def authenticate(self, credential: str | None) -> Principal:
-        """The caller, from the credential its protocol carries (401 if it is not valid)."""
-        self.principal = await self._pipeline.authenticator.authenticate(credential)
+    async def authenticate(
+        self,
+        credential: str | None,
+        *,
+        peer: str | None = None,
+        forwarded_for: str | Sequence[str] | None = None,
+    ) -> Principal:
+        """The caller, from the credential its protocol carries (401 if it is not valid).
+
+        ``peer`` is the TCP peer's address and ``forwarded_for`` the ``X-Forwarded-For``
+        header (believed from trusted proxies only): the client IP, limited before the
+        credential is looked at (429), and charged with the failure if it is not valid.
+        """
+        pipeline = self._pipeline
+        ip = pipeline.limiter.client_ip(peer, forwarded_for)
+        self._quotas = await pipeline.limiter.before_auth(ip)
+        try:
+            self.principal = await pipeline.authenticator.authenticate(credential)
+        except AuthenticationFailed:
+            await pipeline.limiter.note_failed_auth(ip)
+            raise
         return self.principal
 
     async def stream(self, chat: ChatRequest) -> Reply:
@@ -120,9 +149,10 @@ class ChatCall:
         return result
 
     def headers(self) -> dict[str, str]:
-        """The response headers every protocol sends: the request id, how it was served and
-        what the gateway itself added to the time taken."""
-        headers = {"x-request-id": self.request_id}
+        """The response headers every protocol sends: the request id, the rate limits left
+        (``x-ratelimit-*``), how it was served and what the gateway itself added to the time
+        taken."""
+        headers = {"x-request-id": self.request_id, **self._quotas.headers()}
         served = self.served
         if served.deployment:
             elapsed = time.perf_counter() - self.started
@@ -135,6 +165,8 @@ class ChatCall:
 
     def failed(self, error: InterlockError) -> None:
         """The request ended with ``error`` before any answer was sent."""
+        if isinstance(error, RateLimitExceeded):
+            self._quotas = error.quotas
         self._account(status=error.status, error=error.code)
 
     def client_left(self) -> None:
@@ -161,6 +193,10 @@ class ChatCall:
             # A model outside the caller's scope looks exactly like one that does not exist.
             raise model_not_found(chat.model)
         self._allowed = allowed
+        # Rate limits: one request and its tokens (prompt + max_tokens) from every scope,
+        # and a concurrency slot, held until the request is accounted.
+        self._admission = await self._pipeline.limiter.admit(principal, chat, before=self._quotas)
+        self._quotas = self._admission.quotas
         # The request's maximum cost, held against its budgets (over budget: refused; the
         # shared state cannot tell: 503, budgets fail closed) before anything goes upstream.
         self._reservation = await self._pipeline.budgets.reserve(principal, chat)
@@ -175,14 +211,15 @@ class ChatCall:
         error: str | None = None,
         partial: bool = False,
     ) -> None:
-        """Record the request's usage once and settle its budget hold at the real cost;
-        accounting never fails a request."""
+        """Record the request's usage once and settle its budget hold at the real cost and
+        its rate-limit admission with the real tokens; accounting never fails a request."""
         principal = self.principal
         if self._accounted or principal is None:
             return
         self._accounted = True
         pipeline = self._pipeline
         chat = self.chat
+        admission = self._admission
         try:
             record = record_usage(
                 pipeline.ledger,
@@ -203,7 +240,11 @@ class ChatCall:
             )
         except Exception:
             log.exception("usage_not_recorded", request_id=self.request_id)
+            if admission is not None:  # its slot is freed; its tokens stay charged
+                pipeline.limiter.settle_soon(admission, admission.reserved)
             return  # the hold stays charged: never less than the real cost
+        if admission is not None:
+            pipeline.limiter.settle_soon(admission, record.input_tokens + record.output_tokens)
         if self._reservation is not None:
             pipeline.budgets.settle_soon(self._reservation, record.cost)
 
@@ -228,8 +269,12 @@ class Reply:
         self._ended = False
 
     async def events(self) -> AsyncIterator[Event]:
+        admission = self._call._admission
         try:
             async for event in self.stream.events():
+                if admission is not None and admission.renew_due():
+                    # a long answer keeps its concurrency slot past the lease
+                    await self._call._pipeline.limiter.renew(admission)
                 yield event
         except InterlockError as error:
             self._failure = error.code
