@@ -129,6 +129,8 @@ class _Flight:
     expires_at: float  # loop time: a flight older than this is no longer joined
     owner: str
     waiter: asyncio.Task[None] | None = field(default=None)
+    # why the waiters get no answer, if they do not: set before the future is resolved
+    reason: str = "leader_failed"
 
 
 class ResponseCache:
@@ -157,7 +159,13 @@ class ResponseCache:
         self._instance = uuid.uuid4().hex[:12]
         self._numbers = itertools.count()
         self._outage = OutageLog()
+        self._waiting = 0
         self.stats = CacheStats()
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting right now for an identical call in flight."""
+        return self._waiting
 
     async def lookup(
         self,
@@ -247,13 +255,17 @@ class ResponseCache:
         return CacheDecision(CacheStatus.MISS, key, recorder=recorder)
 
     async def _follow(self, key: str, flight: _Flight, rule: CacheRule) -> CacheDecision:
-        reason = "leader_failed"
+        self._waiting += 1
         try:
-            async with asyncio.timeout(self._wait_timeout):
+            # Bounded from the flight's start, as its lock's lease is on other instances.
+            async with asyncio.timeout_at(flight.expires_at):
                 # Shielded: a waiter cancelled here leaves the shared future alone.
                 entry = await asyncio.shield(flight.future)
+            reason = flight.reason
         except TimeoutError:
             entry, reason = None, "wait_timeout"
+        finally:
+            self._waiting -= 1
         if entry is None:
             return self._miss(key, rule, reason)
         self.stats.hits += 1
@@ -298,7 +310,10 @@ class ResponseCache:
                     entry = await self.store.get(key)
                     break
                 delay = min(delay * 2, self._poll_max)
+            else:
+                flight.reason = "wait_timeout"
         except StateUnavailable as error:
+            flight.reason = "unavailable"
             self._outage.failed("wait", error)
         finally:
             self._land(key, flight, entry)
