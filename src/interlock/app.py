@@ -24,6 +24,7 @@ from interlock.api import admin, health, openai, usage
 from interlock.api import keys as own_keys
 from interlock.api.errors import openai_error_response
 from interlock.auth.identity import open_identity
+from interlock.cache import build_cache
 from interlock.chat.service import ChatService
 from interlock.components import Components
 from interlock.errors import InterlockError, InternalError, NotFound
@@ -104,6 +105,9 @@ async def running(
         router = service.router
         budgets = Budgets(state.limits, settings.config.models, prices)
         stack.push_async_callback(budgets.aclose)
+        # Entries in Redis when instances share it, else in the cache's own memory store.
+        cache = build_cache(settings.config.cache, state, shared=settings.redis_url is not None)
+        stack.push_async_callback(cache.aclose)
         components = Components(
             settings=settings,
             database=database,
@@ -118,6 +122,7 @@ async def running(
             users=identity.users,
             tiers=identity.tiers,
             budgets=budgets,
+            cache=cache,
         )
         if announce is not None:
             announce(settings, new_admin_key)

@@ -23,6 +23,7 @@ from interlock.api.openai_render import DONE, ChunkWriter, completion_body
 from interlock.api.streaming import EndingStreamingResponse
 from interlock.auth.access import visible_models
 from interlock.auth.authenticator import bearer_token
+from interlock.cache import CacheDirective
 from interlock.chat.pipeline import Reply
 from interlock.chat.types import Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 from interlock.components import components_of
@@ -42,13 +43,16 @@ async def chat_completions(request: Request) -> Response:
         server = gateway.settings.config.server
         raw = await read_body(request, server.max_body_bytes)
         body, chat = openai_wire.parse(raw, server.max_output_tokens)
+        cache = CacheDirective.from_header(request.headers.get("cache-control")).combine(
+            CacheDirective.from_body(body.interlock.cache if body.interlock else None)
+        )
         completion_id = "chatcmpl-" + call.request_id[4:]
         created = int(time.time())
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             # Until the first token nothing is sent, so only ``receive`` tells that the
             # client left: then the attempt is cancelled and the upstream call with it.
-            reply = await unless_disconnected(call.stream(chat), request.receive)
+            reply = await unless_disconnected(call.stream(chat, cache), request.receive)
             writer = ChunkWriter(completion_id, created, chat.model)
             return EndingStreamingResponse(
                 _stream_body(reply, writer, include_usage),
@@ -56,7 +60,7 @@ async def chat_completions(request: Request) -> Response:
                 media_type="text/event-stream",
                 headers={**_SSE_HEADERS, **call.headers()},
             )
-        result = await unless_disconnected(call.complete(chat), request.receive)
+        result = await unless_disconnected(call.complete(chat, cache), request.receive)
         return Response(
             msgspec.json.encode(completion_body(completion_id, created, chat.model, result)),
             media_type="application/json",

@@ -13,7 +13,7 @@ stored text.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 
 import msgspec
 
@@ -95,7 +95,7 @@ class CacheEntry(msgspec.Struct, array_like=True, frozen=True, gc=False):
         yield self.usage.usage()
         yield Finish(self.finish)
 
-    async def replay(self, chunk_chars: int = REPLAY_CHUNK_CHARS) -> AsyncIterator[Event]:
+    async def replay(self, chunk_chars: int = REPLAY_CHUNK_CHARS) -> AsyncGenerator[Event, None]:
         """``events`` as an async iterator, the shape every provider stream has."""
         for event in self.events(chunk_chars):
             yield event

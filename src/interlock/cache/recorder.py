@@ -14,7 +14,7 @@ with None.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from interlock.cache.entry import (
     ENTRY_VERSION,
@@ -26,6 +26,7 @@ from interlock.cache.entry import (
     ToolCallSegment,
 )
 from interlock.chat.types import (
+    ChatResult,
     Event,
     Finish,
     ReasoningDelta,
@@ -151,3 +152,15 @@ class CacheRecorder:
         self.done = True
         self._segments = []
         await self._commit(None)
+
+
+def result_events(result: ChatResult) -> Iterator[Event]:
+    """A whole answer (a non-streaming one) as the events a recorder takes."""
+    if result.reasoning:
+        yield ReasoningDelta(result.reasoning)
+    if result.text:
+        yield TextDelta(result.text)
+    for index, call in enumerate(result.tool_calls):
+        yield ToolCallDelta(index, call.id, call.name, call.arguments)
+    yield result.usage
+    yield Finish(result.finish_reason)

@@ -31,7 +31,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -95,7 +95,7 @@ class CacheDecision:
         """The response header every protocol adapter sends."""
         return {CACHE_HEADER: self.status.value}
 
-    def replay(self, chunk_chars: int = REPLAY_CHUNK_CHARS) -> AsyncIterator[Event]:
+    def replay(self, chunk_chars: int = REPLAY_CHUNK_CHARS) -> AsyncGenerator[Event, None]:
         """A hit's answer as canonical events, in deltas a streaming client sees stream,
         with the original ``Usage`` and ``Finish``."""
         if self.entry is None:
