@@ -217,3 +217,30 @@ def test_a_failed_answer_is_not_stored(client: openai.OpenAI, upstream: FakeUpst
         model="gpt-fake", messages=messages, temperature=0
     )
     assert response.headers["x-interlock-cache"] == "miss"
+
+
+def test_identical_requests_at_the_same_time_make_one_upstream_call(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.default = Behavior(text="A slow but single answer", first_byte_delay=1.5)
+    body = {"model": "gpt-fake", "messages": ask("All at once"), "temperature": 0}
+
+    async def one(client: httpx.AsyncClient, stream: bool) -> httpx.Response:
+        return await client.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={**body, "stream": stream},
+            headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        )
+
+    async def all_at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*(one(client, i % 2 == 0) for i in range(8)))
+
+    responses = asyncio.run(all_at_once())
+    assert [r.status_code for r in responses] == [200] * 8
+    assert sorted(r.headers["x-interlock-cache"] for r in responses) == ["hit"] * 7 + ["miss"]
+    assert len(upstream.ledger) == 1
+    for response in responses[1::2]:  # the non-streaming ones
+        assert response.json()["choices"][0]["message"]["content"] == "A slow but single answer"
+    for response in responses[::2]:  # the streaming ones end properly
+        assert response.text.endswith("data: [DONE]\n\n")
