@@ -10,11 +10,13 @@
         ... on an error, a cut or a client that left: await decision.abandon()
 
 Single-flight. Identical requests (same key) in flight at once make one upstream call.
-Within a process the first one *leads*: the others await its answer on a future, each for at
-most ``[cache] wait_timeout`` seconds, shielded so that a waiter that is cancelled (its
-client left) changes nothing for the leader or the other waiters. Across instances the
-leader is whoever takes the lock ``cache:<key>`` in the shared state (a lease of
-``wait_timeout``); on every other instance one task per key polls the store for the entry,
+Within a process the first one *leads*: the others await its answer on a future until at
+most ``[cache] wait_timeout`` seconds after the flight started, shielded so that a waiter
+that is cancelled (its client left) changes nothing for the leader or the other waiters. A
+flight older than that is no longer joined. Across instances the leader is whoever takes
+the lock ``cache:<key>`` in the shared state (a lease of ``wait_timeout``, not renewed: once
+it ends nobody should still be waiting); on every other instance one task per key polls the
+store for the entry,
 backing off from 25 ms to 250 ms, and probes the lock: a free lock and no entry mean the
 leader failed (or its answer was not storable). Then, or when the wait times out, each
 waiter gets a miss and calls upstream itself: a failing leader never makes the waiters
