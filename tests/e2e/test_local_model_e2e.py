@@ -46,6 +46,21 @@ def test_the_embedded_model_answers(client: openai.OpenAI) -> None:
     assert completion.usage is not None and completion.usage.completion_tokens > 0
 
 
+def test_a_repeated_deterministic_question_is_answered_from_the_cache(
+    client: openai.OpenAI,
+) -> None:
+    def ask() -> tuple[str, str]:
+        raw = client.chat.completions.with_raw_response.create(
+            model="local", messages=QUESTION, temperature=0, max_tokens=40, seed=7
+        )
+        return raw.headers["x-interlock-cache"], raw.parse().choices[0].message.content or ""
+
+    first_status, first = ask()
+    second_status, second = ask()
+    assert (first_status, second_status) == ("miss", "hit")
+    assert second == first and "Paris" in second
+
+
 def test_the_embedded_model_streams_token_by_token(client: openai.OpenAI) -> None:
     chunks = list(
         client.chat.completions.create(
@@ -55,6 +70,8 @@ def test_the_embedded_model_streams_token_by_token(client: openai.OpenAI) -> Non
             max_tokens=40,
             stream=True,
             stream_options={"include_usage": True},
+            # The same question was answered above: read past the response cache.
+            extra_headers={"cache-control": "no-cache"},
         )
     )
     deltas = [
