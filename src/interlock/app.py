@@ -27,6 +27,7 @@ from interlock.auth.identity import open_identity
 from interlock.chat.service import ChatService
 from interlock.components import Components
 from interlock.errors import InterlockError, InternalError, NotFound
+from interlock.jobs.scheduler import start_scheduler
 from interlock.limits.budgets import Budgets
 from interlock.providers.registry import ProviderRegistry
 from interlock.settings import Settings
@@ -104,6 +105,8 @@ async def running(
         router = service.router
         budgets = Budgets(state.limits, settings.config.models, prices)
         stack.push_async_callback(budgets.aclose)
+        # Scheduled jobs (interlock.jobs): started last, so stopped first.
+        stack.push_async_callback(start_scheduler(settings, database, state, ledger).aclose)
         components = Components(
             settings=settings,
             database=database,
