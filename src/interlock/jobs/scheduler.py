@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -45,10 +45,13 @@ class Scheduler:
         runner: JobRunner,
         *,
         clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_sleep: float = MAX_SLEEP,
     ) -> None:
+        """``clock`` and ``sleep`` are injected for tests, which run the time faster."""
         self.runner = runner
         self._clock = clock
+        self._sleep = sleep
         self._max_sleep = max_sleep
         self._loop_task: asyncio.Task[None] | None = None
         self._runs: set[asyncio.Task[None]] = set()
@@ -87,7 +90,7 @@ class Scheduler:
                     # Past times missed by a long sleep (a suspended machine) are dropped.
                     self.next_due[name] = next_time(self.schedule[name], max(due, now))
             wait = (min(self.next_due.values()) - self._clock()).total_seconds()
-            await asyncio.sleep(min(max(wait, 0.0), self._max_sleep))
+            await self._sleep(min(max(wait, 0.0), self._max_sleep))
 
     def _start_run(self, name: str, due: datetime) -> None:
         task = asyncio.create_task(self._run(name, due), name=f"job-{name}")

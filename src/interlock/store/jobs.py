@@ -25,11 +25,13 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from interlock.store.database import Database
+from interlock.store.database import Database, begin_exclusive
 from interlock.store.models import JobLease, JobOutcome, JobRun, JobTrigger, new_id
 
 MAX_ERROR = 1000
 _CLAIM_ATTEMPTS = 3
+# Any fixed 64-bit number, the same in every instance: "iljobles".
+LEASE_LOCK_ID = 0x696C6A6F626C6573
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +180,9 @@ class JobStore:
         expires = now + timedelta(seconds=lease)
         for _ in range(_CLAIM_ATTEMPTS):
             async with self._db.engine.begin() as conn:
+                # Read, then write: on SQLite a plain transaction could not upgrade its read
+                # to a write once another instance has written ("database is locked").
+                await begin_exclusive(conn, LEASE_LOCK_ID)
                 row = (
                     await conn.execute(
                         select(JobLease.holder, JobLease.run_id, JobLease.expires_at).where(
