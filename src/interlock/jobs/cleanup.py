@@ -19,7 +19,7 @@ from datetime import timedelta
 import structlog
 
 from interlock.config_file import CleanupJobConfig
-from interlock.jobs.registry import JobContext, JobFailed, Summary
+from interlock.jobs.registry import JobContext, JobFailed, Summary, describe_failure
 from interlock.store import retention
 from interlock.store.jobs import JobStore
 
@@ -66,7 +66,7 @@ async def cleanup(context: JobContext, config: CleanupJobConfig) -> Summary:
         try:
             summary[name] = await step(context, config)
         except Exception as exc:  # mostly the database: the message says it all
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = describe_failure(exc, context.database)
             log.error("cleanup_step_failed", step=name, error=reason[:500])
             summary[name] = {"error": reason[:200]}
             failed.append(f"{name}: {reason}")

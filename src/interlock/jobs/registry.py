@@ -77,6 +77,17 @@ class Job:
     run: Callable[[JobContext], Awaitable[Summary]]
 
 
+def describe_failure(exc: BaseException, database: Database) -> str:
+    """One line saying what went wrong, for a run's record: a database error without its SQL
+    or password, anything else as its type and the first line of its message."""
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError):
+        return database.describe_failure(exc)
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def _kinds() -> tuple[JobKind[Any], ...]:
     from interlock.jobs.cleanup import cleanup
     from interlock.jobs.housekeeping import housekeeping

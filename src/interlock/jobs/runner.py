@@ -22,7 +22,7 @@ from typing import Literal
 
 import structlog
 
-from interlock.jobs.registry import Job, JobContext, JobFailed, Summary
+from interlock.jobs.registry import Job, JobContext, JobFailed, Summary, describe_failure
 from interlock.store.jobs import JobStore
 from interlock.store.models import JobOutcome, JobTrigger
 
@@ -120,7 +120,7 @@ class JobRunner:
             raise
         except Exception as exc:
             log.exception("job_crashed", job=name, run_id=claim.run_id)
-            error = f"{type(exc).__name__}: {exc}"
+            error = describe_failure(exc, self._context.database)
         await self._finish(job, claim.run_id, outcome, summary, error)
         return RunResult(name, scheduled_at, outcome, claim.run_id, summary, error)
 
