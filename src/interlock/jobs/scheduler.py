@@ -65,6 +65,7 @@ class Scheduler:
             now = self._clock()
             self.next_due = {name: next_time(cron, now) for name, cron in self.schedule.items()}
             self._loop_task = asyncio.create_task(self._loop(), name="job-scheduler")
+            self._loop_task.add_done_callback(_report_stop)
             log.info(
                 "scheduler_started",
                 instance=self.runner.instance,
@@ -109,6 +110,12 @@ class Scheduler:
                 scheduled_at=due.isoformat(),
                 error=f"{type(exc).__name__}: {str(exc)[:200]}",
             )
+
+
+def _report_stop(task: asyncio.Task[None]) -> None:
+    """The loop only ends by ``aclose``; anything else is a bug, and jobs stop running."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("scheduler_crashed", error=repr(task.exception()))
 
 
 def start_scheduler(
