@@ -349,10 +349,6 @@ class JobsConfig(_Strict):
                 )
         return value
 
-    def tables(self) -> dict[str, JobConfig]:
-        """Every job's table, by job name."""
-        return {name: value for name, value in self if isinstance(value, JobConfig)}
-
 
 class FileConfig(_Strict):
     """The whole of ``interlock.toml``."""

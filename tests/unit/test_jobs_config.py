@@ -62,7 +62,6 @@ def test_the_jobs_exist_without_configuration() -> None:
     assert (jobs.cleanup.key_retention_days, jobs.cleanup.usage_retention_days) == (30, 0)
     assert jobs.housekeeping.schedule == "*/10 * * * *"
     assert list(configured_jobs(jobs)) == ["cleanup", "housekeeping"]
-    assert set(jobs.tables()) == {"cleanup", "housekeeping"}
 
 
 def test_jobs_are_configured_in_the_file(tmp_path: Path) -> None:
