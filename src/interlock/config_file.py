@@ -3,6 +3,7 @@ validated objects. Every problem is reported as one line naming the key."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from decimal import Decimal
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from interlock.jobs.cron import CronError, check_schedule
+from interlock.limits.client_ip import parse_networks
 from interlock.providers.base import Timeouts
 
 ProviderKind = Literal["openai", "anthropic", "local"]
@@ -225,6 +227,13 @@ class UsageConfig(_Strict):
     outbox: bool = Field(default=True, description="write-ahead file in the data dir")
 
 
+class BudgetsConfig(_Strict):
+    """``[budgets]``: how a request over a spend budget is refused."""
+
+    # 429 (the default: OpenAI's clients back off and retry) or 402 Payment Required.
+    over_budget_status: Literal[429, 402] = 429
+
+
 # ---- routing and resilience: [routing] ----------------------------------------------------
 
 
@@ -266,6 +275,55 @@ class RoutingConfig(_Strict):
     slot_lease: PositiveSeconds = 60.0
     default_output_tokens: int = Field(default=1024, ge=1, le=10_000_000)
     state_max_age: float = Field(default=0.5, gt=0, le=0.5)
+
+
+# ---- rate limits: [limits] ----------------------------------------------------------------
+
+MAX_FAILED_AUTH = 100_000
+MAX_TRUSTED_PROXIES = 1000
+StateFailure = Literal["local", "open", "closed"]
+
+
+class RateConfig(_Strict):
+    """Requests and tokens per minute of one scope (``None``: no limit of that kind)."""
+
+    rpm: int | None = Field(
+        default=None, ge=1, le=MAX_RPM, strict=True, description="requests per minute"
+    )
+    tpm: int | None = Field(
+        default=None, ge=1, le=MAX_TPM, strict=True, description="tokens per minute"
+    )
+
+
+class LimitsConfig(_Strict):
+    """``[limits]``: rate limits beyond the tiers' own (see docs/limits.md)."""
+
+    ip_rpm: int | None = Field(
+        default=None, ge=1, le=MAX_RPM, strict=True, description="requests per minute per IP"
+    )
+    failed_auth_per_minute: int | None = Field(
+        default=30, ge=1, le=MAX_FAILED_AUTH, strict=True, description="per IP"
+    )
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list, max_length=MAX_TRUSTED_PROXIES
+    )
+    on_state_failure: StateFailure = "local"
+    concurrency_lease: PositiveSeconds = 60.0
+    models: dict[str, RateConfig] = Field(default_factory=dict, description="per user and model")
+    tiers: dict[str, RateConfig] = Field(default_factory=dict, description="per tier, all users")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if not isinstance(value, list):
+            return value
+        for entry in value:
+            if not isinstance(entry, str):
+                raise ValueError(f"expected addresses or networks as strings, got {entry!r}")
+            if not entry.isprintable() or len(entry) > 64:
+                raise ValueError("expected addresses or networks such as 10.0.0.0/8")
+        # strict: "10.0.0.1/8" (host bits set) is a typo for 10.0.0.0/8 or 10.0.0.1
+        return list(parse_networks(value))
 
 
 # ---- scheduled jobs: [jobs] ----------------------------------------------------------------
@@ -359,7 +417,9 @@ class FileConfig(_Strict):
     tiers: dict[str, TierConfig] = Field(default_factory=default_tiers)
     auth: AuthConfig = AuthConfig()
     usage: UsageConfig = UsageConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
     routing: RoutingConfig = RoutingConfig()
+    limits: LimitsConfig = LimitsConfig()
     jobs: JobsConfig = JobsConfig()
 
     @field_validator("tiers", mode="after")
@@ -395,6 +455,12 @@ class FileConfig(_Strict):
             for model_name in tier.models if tier.models != "*" else ():
                 if model_name not in self.models:
                     problems.append(f"tiers.{tier_name}.models: unknown model {model_name!r}")
+        for model_name in self.limits.models:
+            if model_name not in self.models:
+                problems.append(f"limits.models.{model_name}: unknown model")
+        for tier_name in self.limits.tiers:
+            if tier_name not in self.tiers:
+                problems.append(f"limits.tiers.{tier_name}: unknown tier")
         if self.auth.default_tier not in self.tiers:
             problems.append(f"auth.default_tier: unknown tier {self.auth.default_tier!r}")
         if problems:
@@ -413,7 +479,7 @@ def _format_validation(prefix: str, error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"] if part != "__root__")
-        where = f"{prefix}{location}" if location else prefix.rstrip(".") or "config"
+        where = f"{prefix}{location}" if location else prefix.rstrip(": .") or "config"
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"{where}: {message}")
     return lines

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 
 from interlock.auth.identity import open_identity
@@ -20,7 +19,7 @@ from interlock.errors import InvalidRequest, NotFound
 from interlock.settings import load_settings
 from interlock.store.database import Database
 from interlock.store.keys import KeyStore
-from interlock.store.migrate import alembic_config, current_revision, head_revision, prepare
+from interlock.store.migrate import current_revision, head_revision, prepare
 from interlock.store.users import UserStore
 from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
 
@@ -62,11 +61,19 @@ def keys(db: Database) -> KeyStore:
     return KeyStore(db, SECRET)
 
 
-async def test_the_identity_migration_is_applied(db: Database) -> None:
-    # Later migrations build on it: it is on the way to head, not necessarily head itself.
-    chain = ScriptDirectory.from_config(alembic_config()).iterate_revisions(head_revision(), "base")
-    assert "0003_identity" in {revision.revision for revision in chain}
+async def test_the_database_is_migrated_to_the_head(db: Database) -> None:
     assert await current_revision(db) == head_revision()
+
+
+async def test_a_users_own_budgets_are_stored_and_cleared(users: UserStore) -> None:
+    ada = await users.create("Ada", daily_budget=Decimal("2.5"))
+    assert (ada.daily_budget, ada.monthly_budget) == (Decimal("2.5"), None)
+    changed = await users.update(ada.id, monthly_budget=Decimal("100.000001"))
+    assert (changed.daily_budget, changed.monthly_budget) == (Decimal("2.5"), Decimal("100.000001"))
+    cleared = await users.update(ada.id, daily_budget=None)
+    assert cleared.daily_budget is None
+    found = await users.get(ada.id)
+    assert found is not None and found.monthly_budget == Decimal("100.000001")
 
 
 # --- users --------------------------------------------------------------------------------

@@ -277,7 +277,7 @@ def test_a_cut_stream_is_partial_and_counts_what_was_delivered(prices: Deploymen
         status=499,
         streaming=True,
         request=chat("x" * 40),
-        served=ServedBy(deployment="dep", attempts=1),
+        served=ServedBy(deployment="dep", attempts=1, committed=True),
         output_chars=18,
         error="client_disconnected",
         partial=True,
@@ -286,6 +286,24 @@ def test_a_cut_stream_is_partial_and_counts_what_was_delivered(prices: Deploymen
     assert record.usage_source == "estimated" and record.partial
     assert (record.status, record.error) == (499, "client_disconnected")
     assert record.cost == D("0.000075")
+
+
+def test_a_request_refused_by_its_deployment_bills_no_tokens(prices: DeploymentPrices) -> None:
+    record = record_usage(
+        Sink(),
+        prices,
+        request_id="req_5",
+        principal=ADA,
+        model="smart",
+        request=chat("x" * 40),
+        started=time.perf_counter(),
+        status=502,
+        streaming=False,
+        served=ServedBy(model="smart", deployment="dep", attempts=2),  # tried, never answered
+        error="upstream_auth_failed",
+    )
+    assert (record.input_tokens, record.output_tokens, record.cost) == (0, 0, 0)
+    assert (record.deployment, record.provider, record.attempts) == ("dep", "openai", 2)
 
 
 def test_a_request_that_reached_no_deployment_costs_nothing(prices: DeploymentPrices) -> None:

@@ -104,7 +104,7 @@ def record_usage(
     else:
         # No answer reached the end. If no deployment ever answered, the input was never
         # billed; if one did, it read the whole request.
-        reached = served is not None and bool(served.deployment)
+        reached = served is not None and served.committed
         input_tokens = estimate_tokens(_input_length(request)) if reached and request else 0
         output_tokens = estimate_tokens(output_chars) if output_chars else 0
         cached_tokens, source = 0, "estimated"

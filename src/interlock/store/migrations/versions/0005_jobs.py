@@ -1,8 +1,8 @@
 """Scheduled jobs: one lease per job, one record per run.
 
-Revision ID: 0004_jobs
-Revises: 0003_identity
-Create Date: 2025-01-04
+Revision ID: 0005_jobs
+Revises: 0004_user_budgets
+Create Date: 2026-11-27
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_jobs"
-down_revision: str | None = "0003_identity"
+revision: str = "0005_jobs"
+down_revision: str | None = "0004_user_budgets"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
