@@ -24,6 +24,7 @@ from interlock.api import admin, anthropic, health, openai, usage
 from interlock.api import keys as own_keys
 from interlock.api.errors import anthropic_error_response, openai_error_response
 from interlock.auth.identity import open_identity
+from interlock.cache import build_cache
 from interlock.chat.service import ChatService
 from interlock.components import Components
 from interlock.errors import InterlockError, InternalError, NotFound
@@ -117,6 +118,9 @@ async def running(
             default_output_tokens=settings.config.routing.default_output_tokens,
         )
         stack.push_async_callback(limiter.aclose)
+        # Entries in Redis when instances share it, else in the cache's own memory store.
+        cache = build_cache(settings.config.cache, state, shared=settings.redis_url is not None)
+        stack.push_async_callback(cache.aclose)
         # Scheduled jobs (interlock.jobs): started last, so stopped first.
         stack.push_async_callback(start_scheduler(settings, database, state, ledger).aclose)
         components = Components(
@@ -134,6 +138,7 @@ async def running(
             tiers=identity.tiers,
             budgets=budgets,
             limiter=limiter,
+            cache=cache,
         )
         if announce is not None:
             announce(settings, new_admin_key)

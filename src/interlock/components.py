@@ -8,6 +8,7 @@ from starlette.requests import HTTPConnection
 
 from interlock.auth.authenticator import Authenticator
 from interlock.auth.tiers import Tiers
+from interlock.cache import ResponseCache
 from interlock.chat.pipeline import ChatPipeline
 from interlock.chat.service import ChatService
 from interlock.limits.budgets import Budgets
@@ -42,6 +43,7 @@ class Components:
     tiers: Tiers  # the configured tiers, as scopes
     budgets: Budgets  # spend budgets per key and per user
     limiter: RateLimiter  # rate limits per IP, key, user, tier and model
+    cache: ResponseCache | None = None  # the response cache; None: none
     request_ids: RequestIds = field(default_factory=RequestIds)
     pipeline: ChatPipeline = field(init=False)  # every chat request, whatever its protocol
 
@@ -55,6 +57,7 @@ class Components:
             ledger=self.ledger,
             prices=self.prices,
             request_ids=self.request_ids,
+            cache=self.cache,
         )
 
 

@@ -326,6 +326,47 @@ class LimitsConfig(_Strict):
         return list(parse_networks(value))
 
 
+# ---- the response cache: [cache] ---------------------------------------------------------
+
+CacheScope = Literal["user", "team", "shared"]
+MAX_CACHE_TTL = 30 * 86_400  # seconds: past a month an answer is stale, not cached
+CacheSeconds = Annotated[float, Field(gt=0, le=MAX_CACHE_TTL)]
+
+
+class CacheModelConfig(_Strict):
+    """``[cache.models.NAME]``: one public model's exceptions to ``[cache]``; unset keys
+    follow ``[cache]``."""
+
+    enabled: bool | None = None
+    ttl: CacheSeconds | None = None
+    deterministic_only: bool | None = None
+
+
+class CacheConfig(_Strict):
+    """``[cache]``: the response cache (see docs/cache.md)."""
+
+    enabled: bool = True
+    ttl: CacheSeconds = 3600.0
+    scope: CacheScope = Field(
+        default="user", description='whose answers are shared; "shared" only on purpose'
+    )
+    deterministic_only: bool = Field(
+        default=True, description="cache only temperature 0 or a fixed seed"
+    )
+    max_entry_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024, strict=True)
+    memory_limit_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=64 * 1024, le=64 * 1024**3, strict=True
+    )
+    wait_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    models: dict[str, CacheModelConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> CacheConfig:
+        if self.max_entry_bytes > self.memory_limit_bytes:
+            raise ValueError("max_entry_bytes must not exceed memory_limit_bytes")
+        return self
+
+
 # ---- scheduled jobs: [jobs] ----------------------------------------------------------------
 
 MAX_RETENTION_DAYS = 36_500
@@ -420,6 +461,7 @@ class FileConfig(_Strict):
     budgets: BudgetsConfig = BudgetsConfig()
     routing: RoutingConfig = RoutingConfig()
     limits: LimitsConfig = LimitsConfig()
+    cache: CacheConfig = CacheConfig()
     jobs: JobsConfig = JobsConfig()
 
     @field_validator("tiers", mode="after")
@@ -461,6 +503,9 @@ class FileConfig(_Strict):
         for tier_name in self.limits.tiers:
             if tier_name not in self.tiers:
                 problems.append(f"limits.tiers.{tier_name}: unknown tier")
+        for model_name in self.cache.models:
+            if model_name not in self.models:
+                problems.append(f"cache.models.{model_name}: unknown model {model_name!r}")
         if self.auth.default_tier not in self.tiers:
             problems.append(f"auth.default_tier: unknown tier {self.auth.default_tier!r}")
         if problems:

@@ -322,3 +322,24 @@ def test_a_request_that_reached_no_deployment_costs_nothing(prices: DeploymentPr
     assert (record.input_tokens, record.output_tokens, record.cost) == (0, 0, 0)
     assert (record.provider, record.deployment, record.attempts) == ("", "", 0)
     assert len(record.model) == 200 and record.error is not None and len(record.error) == 64
+
+
+def test_a_cache_hit_keeps_the_stored_usage_and_costs_nothing(prices: DeploymentPrices) -> None:
+    record = record_usage(
+        Sink(),
+        prices,
+        request_id="req_6",
+        principal=ADA,
+        model="smart",
+        started=time.perf_counter(),
+        status=200,
+        streaming=True,
+        request=chat("hello"),
+        served=ServedBy(model="gpt-4o", deployment="dep", attempts=0, committed=True),
+        usage=Usage(input_tokens=1000, output_tokens=500, cached_tokens=200),
+        cache_hit=True,
+    )
+    assert (record.input_tokens, record.output_tokens, record.cached_tokens) == (1000, 500, 200)
+    assert record.cache_hit
+    assert record.cost == 0
+    assert (record.deployment, record.attempts) == ("dep", 0)

@@ -20,6 +20,7 @@ from interlock.api.anthropic_render import EventWriter, error_event, message_bod
 from interlock.api.body import read_body
 from interlock.api.disconnect import ClientGone, unless_disconnected
 from interlock.api.errors import anthropic_error_response
+from interlock.api.inbound import authenticate_call, authenticate_request, cache_directive
 from interlock.api.streaming import EndingStreamingResponse
 from interlock.auth.access import allowed_models, model_not_found
 from interlock.auth.authenticator import bearer_token
@@ -63,7 +64,7 @@ async def messages(request: Request) -> Response:
     gateway = components_of(request)
     call = gateway.pipeline.begin()
     try:
-        await call.authenticate(api_key(request))
+        await authenticate_call(call, request, api_key(request))
         version = anthropic_wire.check_version(request.headers.get("anthropic-version"))
         server = gateway.settings.config.server
         raw = await read_body(request, server.max_body_bytes)
@@ -72,7 +73,9 @@ async def messages(request: Request) -> Response:
         if body.stream:
             # Until the first token nothing is sent, so only ``receive`` tells that the
             # client left: then the attempt is cancelled and the upstream call with it.
-            reply = await unless_disconnected(call.stream(chat), request.receive)
+            reply = await unless_disconnected(
+                call.stream(chat, cache_directive(request)), request.receive
+            )
             writer = EventWriter(message_id, chat.model)
             return EndingStreamingResponse(
                 _stream_body(reply, writer, input_estimate(chat), call.request_id),
@@ -80,7 +83,9 @@ async def messages(request: Request) -> Response:
                 media_type="text/event-stream",
                 headers={**_SSE_HEADERS, **with_request_id(call.headers())},
             )
-        result = await unless_disconnected(call.complete(chat), request.receive)
+        result = await unless_disconnected(
+            call.complete(chat, cache_directive(request)), request.receive
+        )
         return Response(
             msgspec.json.encode(message_body(message_id, chat.model, result)),
             media_type="application/json",
@@ -117,7 +122,7 @@ async def count_tokens(request: Request) -> Response:
     gateway = components_of(request)
     request_id = gateway.request_ids.next()
     try:
-        principal = await gateway.authenticator.authenticate(api_key(request))
+        principal = await authenticate_request(request, api_key(request))
         version = anthropic_wire.check_version(request.headers.get("anthropic-version"))
         server = gateway.settings.config.server
         raw = await read_body(request, server.max_body_bytes)

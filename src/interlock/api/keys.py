@@ -28,6 +28,7 @@ from interlock.api.identity_wire import (
     list_json,
     or_keep,
 )
+from interlock.api.inbound import authenticate_request
 from interlock.auth.authenticator import bearer_token
 from interlock.auth.fields import looks_like_id
 from interlock.auth.principal import Principal, Scope
@@ -46,8 +47,8 @@ def authenticated(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def route(request: Request) -> Response:
         gateway = components_of(request)
         try:
-            principal = await gateway.authenticator.authenticate(
-                bearer_token(request.headers.get("authorization"))
+            principal = await authenticate_request(
+                request, bearer_token(request.headers.get("authorization"))
             )
             return await handler(request, gateway, principal)
         except InterlockError as error:

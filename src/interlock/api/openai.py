@@ -19,6 +19,7 @@ from interlock.api import openai_wire
 from interlock.api.body import read_body
 from interlock.api.disconnect import ClientGone, unless_disconnected
 from interlock.api.errors import openai_error_response
+from interlock.api.inbound import authenticate_call, authenticate_request, cache_directive
 from interlock.api.openai_render import DONE, ChunkWriter, completion_body
 from interlock.api.streaming import EndingStreamingResponse
 from interlock.auth.access import visible_models
@@ -38,21 +39,18 @@ async def chat_completions(request: Request) -> Response:
     gateway = components_of(request)
     call = gateway.pipeline.begin()
     try:
-        await call.authenticate(
-            bearer_token(request.headers.get("authorization")),
-            peer=request.client.host if request.client is not None else None,
-            forwarded_for=request.headers.getlist("x-forwarded-for"),
-        )
+        await authenticate_call(call, request, bearer_token(request.headers.get("authorization")))
         server = gateway.settings.config.server
         raw = await read_body(request, server.max_body_bytes)
         body, chat = openai_wire.parse(raw, server.max_output_tokens)
+        cache = cache_directive(request, body.interlock.cache if body.interlock else None)
         completion_id = "chatcmpl-" + call.request_id[4:]
         created = int(time.time())
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             # Until the first token nothing is sent, so only ``receive`` tells that the
             # client left: then the attempt is cancelled and the upstream call with it.
-            reply = await unless_disconnected(call.stream(chat), request.receive)
+            reply = await unless_disconnected(call.stream(chat, cache), request.receive)
             writer = ChunkWriter(completion_id, created, chat.model)
             return EndingStreamingResponse(
                 _stream_body(reply, writer, include_usage),
@@ -60,7 +58,7 @@ async def chat_completions(request: Request) -> Response:
                 media_type="text/event-stream",
                 headers={**_SSE_HEADERS, **call.headers()},
             )
-        result = await unless_disconnected(call.complete(chat), request.receive)
+        result = await unless_disconnected(call.complete(chat, cache), request.receive)
         return Response(
             msgspec.json.encode(completion_body(completion_id, created, chat.model, result)),
             media_type="application/json",
@@ -106,8 +104,8 @@ async def list_models(request: Request) -> Response:
     gateway = components_of(request)
     request_id = gateway.request_ids.next()
     try:
-        principal = await gateway.authenticator.authenticate(
-            bearer_token(request.headers.get("authorization"))
+        principal = await authenticate_request(
+            request, bearer_token(request.headers.get("authorization"))
         )
         names = visible_models(principal, gateway.router.public_models)
     except InterlockError as error:

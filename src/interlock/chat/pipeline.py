@@ -11,10 +11,13 @@ in the same order whatever the protocol:
 3. admit → rate limits per key, user, tier and model (requests, tokens, concurrency) → 429
    with ``Retry-After``; the ``x-ratelimit-*`` headers on every response;
 4. budgets → the request's maximum cost held against the caller's budgets → 429 / 402 / 503;
-5. call → ``ChatService``: routing, retries, fallbacks and the stream-integrity contract;
-6. account → exactly one usage row however the request ends (answered, refused, cut by a
-   failure mid-stream, abandoned by the client); the budget hold and the rate-limit
-   admission settled with the real cost and tokens.
+5. cache → a stored answer, or the answer of an identical request in flight, is replayed
+   (``interlock.cache``); otherwise the fresh answer is recorded on its way to the client and
+   stored once it was delivered whole;
+6. call → ``ChatService``: routing, retries, fallbacks and the stream-integrity contract;
+7. account → exactly one usage row however the request ends (answered, refused, cut by a
+   failure mid-stream, abandoned by the client); the budget hold settled at the real cost
+   (nothing for a cache hit) and the rate-limit admission with the real tokens.
 
 A streaming answer is a ``Reply``: the adapter renders its ``events()`` and calls ``end()``
 when the response is over, in every case (``interlock.api.streaming`` makes sure of it). A
@@ -33,6 +36,14 @@ import structlog
 from interlock.auth.access import allowed_models, model_not_found
 from interlock.auth.authenticator import Authenticator
 from interlock.auth.principal import Principal
+from interlock.cache import (
+    CACHE_HEADER,
+    CacheDecision,
+    CacheDirective,
+    CacheStatus,
+    ResponseCache,
+)
+from interlock.cache.recorder import result_events
 from interlock.chat.service import ChatService
 from interlock.chat.stream import ChatStream, ServedBy, collect
 from interlock.chat.types import ChatRequest, ChatResult, Event, Usage
@@ -60,10 +71,35 @@ class ChatPipeline:
     ledger: UsageSink
     prices: DeploymentPrices
     request_ids: RequestIds
+    cache: ResponseCache | None = None  # None: no response cache
 
     def begin(self) -> ChatCall:
         """A new request: its id and its clock start now."""
         return ChatCall(self, self.request_ids.next(), time.perf_counter())
+
+    async def authenticate(
+        self,
+        credential: str | None,
+        *,
+        peer: str | None = None,
+        forwarded_for: str | Sequence[str] | None = None,
+    ) -> tuple[Principal, Quotas]:
+        """The caller behind ``credential`` (401 if it is not valid), for any route.
+
+        ``peer`` is the TCP peer's address and ``forwarded_for`` the ``X-Forwarded-For``
+        header (believed from trusted proxies only): the client IP, limited before the
+        credential is looked at (429), and charged with the failure if it is not valid, so
+        guessing keys is throttled on every route alike.
+        """
+        limiter = self.limiter
+        ip = limiter.client_ip(peer, forwarded_for)
+        quotas = await limiter.before_auth(ip)
+        try:
+            principal = await self.authenticator.authenticate(credential)
+        except AuthenticationFailed:
+            await limiter.note_failed_auth(ip)
+            raise
+        return principal, quotas
 
 
 class ChatCall:
@@ -78,6 +114,7 @@ class ChatCall:
         "_accounted",
         "_admission",
         "_allowed",
+        "_cache",
         "_pipeline",
         "_quotas",
         "_reservation",
@@ -101,6 +138,7 @@ class ChatCall:
         self._reservation: Reservation | None = None  # the budgets' hold
         self._admission: Admission | None = None  # the rate limits' hold
         self._quotas: Quotas = NO_QUOTAS  # the x-ratelimit-* values known so far
+        self._cache: CacheDecision | None = None  # None until the cache was asked
         self._accounted = False
 
     async def authenticate(
@@ -110,49 +148,85 @@ class ChatCall:
         peer: str | None = None,
         forwarded_for: str | Sequence[str] | None = None,
     ) -> Principal:
-        """The caller, from the credential its protocol carries (401 if it is not valid).
-
-        ``peer`` is the TCP peer's address and ``forwarded_for`` the ``X-Forwarded-For``
-        header (believed from trusted proxies only): the client IP, limited before the
-        credential is looked at (429), and charged with the failure if it is not valid.
-        """
-        pipeline = self._pipeline
-        ip = pipeline.limiter.client_ip(peer, forwarded_for)
-        self._quotas = await pipeline.limiter.before_auth(ip)
-        try:
-            self.principal = await pipeline.authenticator.authenticate(credential)
-        except AuthenticationFailed:
-            await pipeline.limiter.note_failed_auth(ip)
-            raise
+        """The caller, from the credential its protocol carries (see
+        ``ChatPipeline.authenticate``)."""
+        self.principal, self._quotas = await self._pipeline.authenticate(
+            credential, peer=peer, forwarded_for=forwarded_for
+        )
         return self.principal
 
-    async def stream(self, chat: ChatRequest) -> Reply:
-        """Start a streaming answer; returns once real content is in hand (or raises)."""
+    async def stream(
+        self, chat: ChatRequest, cache: CacheDirective = CacheDirective.DEFAULT
+    ) -> Reply:
+        """Start a streaming answer; returns once real content is in hand (or raises).
+        ``cache``: the caller's cache directive (``Cache-Control``, the body's field)."""
         self.streaming = True
-        service = self._pipeline.service
         await self._admit(chat)
-        stream = await service.open(chat, self._allowed, served=self.served)
-        return Reply(self, stream, time.perf_counter())
+        decision = await self._look_up(chat, cache)
+        if decision.hit:
+            return Reply(self, self._replay(chat, decision), time.perf_counter(), decision)
+        try:
+            stream = await self._pipeline.service.open(chat, self._allowed, served=self.served)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await decision.abandon()
+            raise
+        return Reply(self, stream, time.perf_counter(), decision)
 
-    async def complete(self, chat: ChatRequest) -> ChatResult:
+    async def complete(
+        self, chat: ChatRequest, cache: CacheDirective = CacheDirective.DEFAULT
+    ) -> ChatResult:
         """The whole answer (it may fail over at any point until it is whole)."""
         await self._admit(chat)
-        stream = await self._pipeline.service.open(
-            chat, self._allowed, whole=True, served=self.served
-        )
+        decision = await self._look_up(chat, cache)
+        stored = False
         try:
-            result = await collect(stream)
-        finally:
+            if decision.hit:
+                stream = self._replay(chat, decision)
+            else:
+                stream = await self._pipeline.service.open(
+                    chat, self._allowed, whole=True, served=self.served
+                )
+            try:
+                result = await collect(stream)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()
+            for event in result_events(result):
+                decision.feed(event)
             with anyio.CancelScope(shield=True):
-                await stream.aclose()
+                await decision.finish(model=self.served.model, deployment=self.served.deployment)
+            stored = True
+        finally:
+            if not stored:
+                with anyio.CancelScope(shield=True):
+                    await decision.abandon()
         self._account(status=200, usage=result.usage)
         return result
 
+    async def _look_up(self, chat: ChatRequest, directive: CacheDirective) -> CacheDecision:
+        cache = self._pipeline.cache
+        principal = self.principal
+        if cache is None or principal is None:
+            self._cache = CacheDecision(CacheStatus.BYPASS, reason="disabled")
+        else:
+            self._cache = await cache.lookup(chat, user=principal.user_id, directive=directive)
+        return self._cache
+
+    def _replay(self, chat: ChatRequest, decision: CacheDecision) -> ChatStream:
+        """A hit as a committed stream, served by the deployment that made the answer."""
+        entry = decision.entry
+        assert entry is not None
+        served = self.served
+        served.model, served.deployment, served.committed = entry.model, entry.deployment, True
+        return ChatStream(chat, [], decision.replay(), served, None)
+
     def headers(self) -> dict[str, str]:
         """The response headers every protocol sends: the request id, the rate limits left
-        (``x-ratelimit-*``), how it was served and what the gateway itself added to the time
-        taken."""
+        (``x-ratelimit-*``), the cache's answer, how it was served and what the gateway itself
+        added to the time taken."""
         headers = {"x-request-id": self.request_id, **self._quotas.headers()}
+        headers[CACHE_HEADER] = (self._cache.status if self._cache else CacheStatus.BYPASS).value
         served = self.served
         if served.deployment:
             elapsed = time.perf_counter() - self.started
@@ -237,6 +311,7 @@ class ChatCall:
                 first_token_at=first_token_at,
                 error=error,
                 partial=partial,
+                cache_hit=self._cache is not None and self._cache.hit,
             )
         except Exception:
             log.exception("usage_not_recorded", request_id=self.request_id)
@@ -259,19 +334,22 @@ class Reply:
     failure, or one abandoned by the client.
     """
 
-    __slots__ = ("_call", "_ended", "_failure", "first_token_at", "stream")
+    __slots__ = ("_cache", "_call", "_ended", "_failure", "first_token_at", "stream")
 
-    def __init__(self, call: ChatCall, stream: ChatStream, first_token_at: float) -> None:
+    def __init__(
+        self, call: ChatCall, stream: ChatStream, first_token_at: float, cache: CacheDecision
+    ) -> None:
         self._call = call
         self.stream = stream
         self.first_token_at = first_token_at
+        self._cache = cache
         self._failure: str | None = None
         self._ended = False
 
     async def events(self) -> AsyncIterator[Event]:
         admission = self._call._admission
         try:
-            async for event in self.stream.events():
+            async for event in self._cache.tee(self.stream.events()):
                 if admission is not None and admission.renew_due():
                     # a long answer keeps its concurrency slot past the lease
                     await self._call._pipeline.limiter.renew(admission)
@@ -307,3 +385,9 @@ class Reply:
             error=failure,
             partial=partial,
         )
+        with anyio.CancelScope(shield=True):  # stored only once delivered whole
+            if partial:
+                await self._cache.abandon()
+            else:
+                served = stream.served
+                await self._cache.finish(model=served.model, deployment=served.deployment)
