@@ -28,6 +28,7 @@ from interlock.cache import build_cache
 from interlock.chat.service import ChatService
 from interlock.components import Components
 from interlock.errors import InterlockError, InternalError, NotFound
+from interlock.jobs.scheduler import start_scheduler
 from interlock.limits.budgets import Budgets
 from interlock.limits.rate_limits import RateLimiter
 from interlock.providers.registry import ProviderRegistry
@@ -120,6 +121,8 @@ async def running(
         # Entries in Redis when instances share it, else in the cache's own memory store.
         cache = build_cache(settings.config.cache, state, shared=settings.redis_url is not None)
         stack.push_async_callback(cache.aclose)
+        # Scheduled jobs (interlock.jobs): started last, so stopped first.
+        stack.push_async_callback(start_scheduler(settings, database, state, ledger).aclose)
         components = Components(
             settings=settings,
             database=database,

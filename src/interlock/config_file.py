@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from interlock.jobs.cron import CronError, check_schedule
 from interlock.limits.client_ip import parse_networks
 from interlock.providers.base import Timeouts
 
@@ -366,6 +367,88 @@ class CacheConfig(_Strict):
         return self
 
 
+# ---- scheduled jobs: [jobs] ----------------------------------------------------------------
+
+MAX_RETENTION_DAYS = 36_500
+
+
+class JobConfig(_Strict):
+    """What every ``[jobs.NAME]`` table has: whether and when the job runs, for how long."""
+
+    enabled: bool = True
+    schedule: str = Field(default="0 2 * * *", description="five-field cron, in UTC")
+    timeout: float = Field(default=3600.0, ge=1, le=86_400, description="seconds per run")
+    # A run renews its lease every third of this; an instance silent for this long has died
+    # (or lost the database), and its job goes to another instance at the next due time.
+    lease: float = Field(default=300.0, ge=10, le=3600, description="seconds")
+
+    @field_validator("schedule")
+    @classmethod
+    def _check_schedule(cls, value: str) -> str:
+        try:
+            return check_schedule(value)
+        except CronError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class CleanupJobConfig(JobConfig):
+    """``[jobs.cleanup]``: deletes what has outlived its retention, one step per kind of row."""
+
+    key_retention_days: int = Field(
+        default=30,
+        ge=0,
+        le=MAX_RETENTION_DAYS,
+        strict=True,
+        description="days an expired or revoked API key is kept; 0 deletes it at once",
+    )
+    usage_retention_days: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_RETENTION_DAYS,
+        strict=True,
+        description="days usage rows are kept; 0 keeps them forever",
+    )
+    run_retention_days: int = Field(
+        default=90,
+        ge=1,
+        le=MAX_RETENTION_DAYS,
+        strict=True,
+        description="days the record of a finished job run is kept",
+    )
+
+
+class HousekeepingJobConfig(JobConfig):
+    """``[jobs.housekeeping]``: expired shared-state entries, orphaned usage outboxes."""
+
+    schedule: str = Field(default="*/10 * * * *", description="five-field cron, in UTC")
+    timeout: float = Field(default=300.0, ge=1, le=86_400, description="seconds per run")
+
+
+class JobsConfig(_Strict):
+    """``[jobs]``: the scheduler, and one table per built-in job."""
+
+    scheduler: bool = Field(
+        default=True, description="run due jobs in the gateway; false: only `interlock jobs run`"
+    )
+    cleanup: CleanupJobConfig = CleanupJobConfig()
+    housekeeping: HousekeepingJobConfig = HousekeepingJobConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_jobs(cls, value: object) -> object:
+        if isinstance(value, dict):
+            known = [name for name in cls.model_fields if name != "scheduler"]
+            unknown = [name for name in value if name not in cls.model_fields]
+            if unknown:
+                raise ValueError(
+                    "; ".join(
+                        f"unknown job {name!r} (the jobs are: {', '.join(known)})"
+                        for name in unknown
+                    )
+                )
+        return value
+
+
 class FileConfig(_Strict):
     """The whole of ``interlock.toml``."""
 
@@ -379,6 +462,7 @@ class FileConfig(_Strict):
     routing: RoutingConfig = RoutingConfig()
     limits: LimitsConfig = LimitsConfig()
     cache: CacheConfig = CacheConfig()
+    jobs: JobsConfig = JobsConfig()
 
     @field_validator("tiers", mode="after")
     @classmethod

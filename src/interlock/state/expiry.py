@@ -118,6 +118,19 @@ class ExpiringMap(Generic[E]):
             else:
                 index.schedule(key, entry.expires_at)
 
+    def purge(self, now: float) -> int:
+        """Drop every expired entry now (housekeeping); how many were dropped."""
+        entries = self._entries
+        dead = [key for key, entry in entries.items() if entry.expires_at <= now]
+        for key in dead:
+            del entries[key]
+            self._index.forget(key)
+        return len(dead)
+
+    def items(self) -> list[tuple[str, E]]:
+        """The entries, expired ones included (for housekeeping)."""
+        return list(self._entries.items())
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -343,6 +343,12 @@ class SharedState(Protocol):
         """Check the backend answers now (readiness); raises ``StateUnavailable``."""
         ...
 
+    async def sweep(self) -> dict[str, int]:
+        """Housekeeping: drop the expired entries now rather than when next met; how many of
+        each kind (rate-limit and budget buckets, slot holders, ...). Entries expire without
+        it; this only gives their memory back sooner. Raises ``StateUnavailable``."""
+        ...
+
     async def aclose(self) -> None:
         """Release connections. The state must not be used afterwards."""
         ...

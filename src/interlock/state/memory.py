@@ -84,6 +84,10 @@ class MemoryRateLimits:
         """Buckets held (for tests and memory accounting)."""
         return len(self._buckets)
 
+    def purge(self) -> int:
+        """Drop every bucket that has drained empty; how many."""
+        return self._buckets.purge(self._clock())
+
 
 class _Pool:
     """The live holders of one slot pool, with a heap of their lease ends for pruning."""
@@ -152,6 +156,19 @@ class MemorySlots:
             self._pools.pop(name)
         return True
 
+    def purge(self) -> int:
+        """Drop every holder whose lease ended, and the pools left empty; how many holders."""
+        now = self._clock()
+        dropped = 0
+        for name, pool in self._pools.items():
+            before = len(pool.holders)
+            pool.prune(now)
+            dropped += before - len(pool.holders)
+            if not pool.holders:
+                self._pools.pop(name)
+        self._pools.purge(now)
+        return dropped
+
     async def counts(self, names: Sequence[str]) -> list[int]:
         now = self._clock()
         result = []
@@ -200,6 +217,10 @@ class MemoryOutcomes:
 
     async def clear(self, key: str) -> None:
         self._windows.pop(key)
+
+    def purge(self) -> int:
+        """Drop every window without an event in its last ``window`` seconds; how many."""
+        return self._windows.purge(self._clock())
 
 
 def bucket_of(now: float, window: float) -> int:
@@ -257,6 +278,10 @@ class MemoryLocks:
         self._locks.pop(name)
         return True
 
+    def purge(self) -> int:
+        """Drop every lock whose lease ended; how many."""
+        return self._locks.purge(self._clock())
+
 
 class MemoryState:
     """``SharedState`` for one process. Always healthy; ``aclose`` ends subscriptions."""
@@ -289,6 +314,16 @@ class MemoryState:
 
     async def ping(self) -> None:
         return None
+
+    async def sweep(self) -> dict[str, int]:
+        """Drop every expired entry now instead of when next met (see ``expiry``)."""
+        return {
+            "rate_limit_buckets": self.limits.purge(),
+            "slot_holders": self.slots.purge(),
+            "outcome_windows": self.outcomes.purge(),
+            "kv_entries": self.kv.purge(),
+            "locks": self.locks.purge(),
+        }
 
     async def aclose(self) -> None:
         self.pubsub.close_all()

@@ -121,6 +121,14 @@ class MemoryKeyValue:
         self._drop(key)
         return True
 
+    def purge(self) -> int:
+        """Drop every expired entry now (housekeeping); how many were dropped."""
+        now = self._clock()
+        dead = [key for key, item in self._items.items() if item.expires_at <= now]
+        for key in dead:
+            self._drop(key)
+        return len(dead)
+
     def clear(self) -> None:
         self._items.clear()
         self._expiry.clear()

@@ -165,6 +165,16 @@ return 1
 """
 )
 
+# KEYS[1]: as SLOT_ACQUIRE. Removes the holders whose lease ended; returns how many.
+SLOT_PRUNE = (
+    _NOW_MS
+    + """
+local removed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if removed > 0 and redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) end
+return removed
+"""
+)
+
 # KEYS: sorted sets as SLOT_ACQUIRE. Returns the number of live holders of each.
 SLOT_COUNTS = (
     _NOW_MS

@@ -76,6 +76,7 @@ class RedisSlots:
         self._renew = client.register_script(redis_scripts.SLOT_RENEW)
         self._release = client.register_script(redis_scripts.SLOT_RELEASE)
         self._counts = client.register_script(redis_scripts.SLOT_COUNTS)
+        self._prune = client.register_script(redis_scripts.SLOT_PRUNE)
 
     async def acquire(self, name: str, holder: str, *, limit: int, lease: float) -> bool:
         reply: int = await self._link.call(
@@ -92,6 +93,20 @@ class RedisSlots:
     async def release(self, name: str, holder: str) -> bool:
         reply: int = await self._link.call(self._release(keys=[self._prefix + name], args=[holder]))
         return reply == 1
+
+    async def purge(self) -> int:
+        """Remove the holders whose lease ended from every pool (Redis expires a pool only
+        when all its holders are gone); how many were removed."""
+        removed = 0
+        cursor = 0
+        while True:
+            cursor, keys = await self._link.call(
+                self._link.client.scan(cursor, match=self._prefix + "*", count=500)
+            )
+            for key in keys:
+                removed += int(await self._link.call(self._prune(keys=[key])))
+            if cursor == 0:
+                return removed
 
     async def counts(self, names: Sequence[str]) -> list[int]:
         if not names:
@@ -236,6 +251,11 @@ class RedisState:
 
     async def ping(self) -> None:
         await self._link.call(self._link.client.ping(), probe=True)
+
+    async def sweep(self) -> dict[str, int]:
+        """Redis expires every key by its TTL on its own; what is left to do is dropping dead
+        holders from slot pools that live holders keep alive."""
+        return {"slot_holders": await self.slots.purge()}
 
     async def aclose(self) -> None:
         await self.pubsub.close_all()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
@@ -164,3 +164,49 @@ class UsageRow(Base):
     streaming: Mapped[bool] = mapped_column(Boolean)
     usage_source: Mapped[UsageSource] = mapped_column(String(16))
     partial: Mapped[bool] = mapped_column(Boolean)
+
+
+JobOutcome = Literal["running", "ok", "failed", "skipped"]
+JobTrigger = Literal["schedule", "manual"]
+
+
+class JobLease(Base):
+    """Which instance runs a job now: one row per job, taken by a conditional UPDATE.
+
+    ``holder`` is NULL when the job is free. A holder renews ``expires_at`` while it runs;
+    past it, the holder is taken for dead and any instance may take the lease. ``run_id`` is
+    the run that took it last (kept after release), so a taker knows what it replaces.
+    """
+
+    __tablename__ = "job_leases"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(200))
+    run_id: Mapped[str] = mapped_column(String(32))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class JobRun(Base):
+    """One run of a scheduled job: when it was due, where and how it ran, what it did.
+
+    The unique (job, scheduled_at) index makes each due time of a job run on one instance
+    only: every instance inserts the row, and only the one whose insert succeeds runs it.
+    """
+
+    __tablename__ = "job_runs"
+    __table_args__ = (
+        CheckConstraint("outcome IN ('running', 'ok', 'failed', 'skipped')", name="outcome"),
+        CheckConstraint("trigger IN ('schedule', 'manual')", name="trigger"),
+        Index("ix_job_runs_job_scheduled_at", "job", "scheduled_at", unique=True),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job: Mapped[str] = mapped_column(String(64))
+    scheduled_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    trigger: Mapped[JobTrigger] = mapped_column(String(16))
+    instance: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    outcome: Mapped[JobOutcome] = mapped_column(String(16))
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    error: Mapped[str | None] = mapped_column(String(1000))

@@ -423,34 +423,78 @@ class UsageLedger:
 
     def _adopt(self, other: Path) -> int:
         """Move the segments of a dead ledger's directory into ours; how many records."""
+        count = 0
+        for mine, records in self._take_segments(other, numbered=True):
+            count += len(records)
+            self._queue_adopted(mine, records)
+        return count
+
+    def _queue_adopted(self, path: Path, records: list[UsageRecord]) -> None:
+        if self._in_memory + len(records) > self._max_buffered:
+            # Too many to hold: read back from the file when its turn comes.
+            self._sealed.append(_Segment(path, None, evicted=len(records)))
+        else:
+            self._in_memory += len(records)
+            self._sealed.append(_Segment(path, records))
+
+    def _take_segments(
+        self, other: Path, *, numbered: bool
+    ) -> list[tuple[Path, list[UsageRecord]]]:
+        """Move the segments of ``other`` into our directory if its ledger is dead.
+
+        ``numbered``: name them in our own sequence (only before the ledger runs: the
+        sequence belongs to the event loop afterwards).
+        """
         # A live ledger holds the flock of its directory's lock file. No lock file: its
         # ledger closed, leaving records that came in after it stopped.
+        assert self._dir is not None
         fd = os.open(other / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return 0  # its ledger is alive
-            count = 0
+                return []  # its ledger is alive
+            taken = []
             for path in sorted(other.glob(f"*{SEGMENT_SUFFIX}")):
                 records = self._read_segment(path)
-                assert self._dir is not None
-                count += len(records)
-                self._sequence += 1
-                mine = self._dir / f"{self._sequence:010d}{SEGMENT_SUFFIX}"
-                path.rename(mine)
-                if self._in_memory + len(records) > self._max_buffered:
-                    # Too many to hold: read back from the file when its turn comes.
-                    self._sealed.append(_Segment(mine, None, evicted=len(records)))
+                if numbered:
+                    self._sequence += 1
+                    mine = self._dir / f"{self._sequence:010d}{SEGMENT_SUFFIX}"
                 else:
-                    self._in_memory += len(records)
-                    self._sealed.append(_Segment(mine, records))
+                    mine = self._dir / f"adopted-{other.name}-{path.name}"
+                path.rename(mine)
+                taken.append((mine, records))
             with contextlib.suppress(OSError):  # another starting ledger may race us here
                 (other / LOCK_NAME).unlink()
                 other.rmdir()
-            return count
+            return taken
         finally:
             os.close(fd)
+
+    async def adopt_orphans(self) -> int:
+        """Take over the outbox directories of ledgers that died since this one started
+        (another process on the same data directory, killed): their records are written
+        with the next flush instead of at the next start. How many records were taken."""
+        root, own = self._root, self._dir
+        if root is None or own is None or self._closed:
+            return 0
+
+        def collect() -> list[tuple[Path, list[UsageRecord]]]:
+            taken: list[tuple[Path, list[UsageRecord]]] = []
+            for other in sorted(root.iterdir()):
+                if other != own and not other.name.startswith(".") and other.is_dir():
+                    taken += self._take_segments(other, numbered=False)
+            return taken
+
+        async with self._flush_lock:  # no flush walks the queue while segments join it
+            taken = await asyncio.to_thread(collect)
+            for path, records in taken:
+                self._queue_adopted(path, records)
+        count = sum(len(records) for _, records in taken)
+        if count:
+            log.info("usage_outbox_adopted", records=count)
+            self._wake.set()
+        return count
 
 
 def build_ledger(settings: Settings, database: Database) -> UsageLedger:
