@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from interlock.cli import keys, usage, users
+from interlock.cli import backup, keys, usage, users
 from interlock.cli.runtime import ConfigOption, run_async, settings_or_exit
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(users.app, name="users")
 app.add_typer(keys.app, name="keys")
+app.add_typer(backup.app, name="backup")
 app.command("usage")(usage.usage)
 
 
