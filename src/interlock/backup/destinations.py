@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from interlock.backup.errors import BackupError, BackupNotFound
+from interlock.backup.manifest import SUFFIX
 from interlock.settings import S3Config, Settings
 
 PRIVATE_DIR = 0o700
@@ -87,7 +88,7 @@ class LocalDirectory:
 
     def _path(self, name: str) -> Path:
         if "/" in name or name.startswith(".") or not name:
-            raise BackupNotFound(f"no backup named {name!r}")
+            raise BackupNotFound(f"no backup named {name.removesuffix(SUFFIX)!r}")
         return self.path / name
 
     async def publish(self, name: str, path: Path) -> None:
@@ -105,7 +106,7 @@ class LocalDirectory:
     async def fetch(self, name: str) -> AsyncIterator[Path]:
         path = self._path(name)
         if not path.is_file():
-            raise BackupNotFound(f"no backup named {name!r} in {self.path}")
+            raise BackupNotFound(f"no backup named {name.removesuffix(SUFFIX)!r} in {self.path}")
         yield path
 
     async def read_small(self, name: str) -> bytes | None:
@@ -181,15 +182,21 @@ class S3Bucket:
         return self.config.prefix + name
 
     async def _call(self, what: str, name: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return await asyncio.to_thread(function, *args, **kwargs)
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = error.get("Code", "error")
+        except (ClientError, Boto3Error) as exc:
+            # boto3's transfers wrap the service's error: report the service's own.
+            cause = exc if isinstance(exc, ClientError) else exc.__cause__ or exc.__context__
+            if not isinstance(cause, ClientError):
+                raise BackupError(f"cannot {what} {self.description}: {exc}") from None
+            error = cause.response.get("Error", {})
+            code = str(error.get("Code", "error"))
             if code in ("NoSuchKey", "404", "NotFound"):
-                raise BackupNotFound(f"no backup named {name!r} in {self.description}") from None
+                shown = name.removesuffix(SUFFIX)
+                raise BackupNotFound(f"no backup named {shown!r} in {self.description}") from None
             message = error.get("Message") or code
             raise BackupError(f"cannot {what} {self.description}: {code}: {message}") from None
         except BotoCoreError as exc:
