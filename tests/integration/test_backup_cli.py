@@ -19,6 +19,7 @@ from moto.server import ThreadedMotoServer
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner, Result
 
+from interlock.backup import postgres_dump
 from interlock.backup.archive import open_archive, seal
 from interlock.backup.errors import BackupError
 from interlock.backup.keys import key_ring
@@ -285,13 +286,28 @@ def test_an_unreachable_bucket_is_one_line(tmp_path: Path, s3_endpoint: str) -> 
 
 
 def test_a_postgres_restore_that_fails_changes_nothing(
-    tmp_path: Path, request: pytest.FixtureRequest
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url: str = request.getfixturevalue("postgres_url")
     env = make_env(tmp_path, DATABASE_URL=url)
     ok(env, "users", "create", "Ada")
     settings = load_settings(env)
+    password = make_url(url).password
+    assert password
+
+    started: list[tuple[tuple[str, ...], dict[str, str]]] = []
+    spawn = postgres_dump.asyncio.create_subprocess_exec
+
+    async def recorded(*argv: str, **options: Any) -> Any:
+        started.append((argv, options["env"]))
+        return await spawn(*argv, **options)
+
+    monkeypatch.setattr(postgres_dump.asyncio, "create_subprocess_exec", recorded)
     good = asyncio.run(create_backup(settings))
+    [(argv, child_env)] = started
+    assert Path(argv[0]).name == "pg_dump"
+    assert not any(password in arg or "postgresql://" in arg for arg in argv)
+    assert child_env["PGPASSWORD"] == password
     ok(env, "users", "create", "Grace")
     ok(env, "users", "create", "Linus")
 
@@ -315,8 +331,9 @@ def test_a_postgres_restore_that_fails_changes_nothing(
     with pytest.raises(BackupError, match="rolled back, the database is unchanged") as caught:
         asyncio.run(restore_backup(settings, str(lie)))
     assert "restored rows of users differ from the manifest" in str(caught.value)
-    password = make_url(url).password
-    assert password and password not in str(caught.value)
+    assert password not in str(caught.value)
+    assert [Path(argv[0]).name for argv, _ in started[1:]] == ["pg_restore", "psql"]
+    assert not any(password in arg for argv, _ in started for arg in argv)
     assert user_names(env) == ["Ada", "Grace", "Linus"]
     ok(env, "backup", "restore", good.manifest.name, "--yes")
     assert user_names(env) == ["Ada"]

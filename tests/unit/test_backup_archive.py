@@ -281,3 +281,22 @@ def test_names_that_could_inject_sql_are_refused(tmp_path: Path) -> None:
         pg_dump_command(Path("pg_dump"), "1-1", "public", ['users"; DROP'], tmp_path)
     with pytest.raises(BackupError):
         pg_dump_command(Path("pg_dump"), "1; x", "public", ["users"], tmp_path)
+
+
+def test_the_progress_bar_names_each_stage() -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from interlock.cli.backup import BarProgress, PlainProgress
+
+    output = io.StringIO()
+    console = Console(file=output, force_terminal=True, width=100)
+    with Progress(console=console) as bar:
+        progress = BarProgress(bar)
+        progress.stage("copying the sqlite database")
+        progress.stage("compressing and encrypting", 2000)
+        progress.advance(1000)
+        progress.advance(1000)
+        assert [task.completed for task in bar.tasks] == [1, 2000]
+    assert "compressing and encrypting" in output.getvalue()
+    PlainProgress().advance(5)  # lines only, no counting

@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import msgspec
 from cryptography.exceptions import InvalidTag
@@ -53,6 +53,10 @@ _FRAME_INFO = b"interlock backup frames v1"
 _MAX_SEQUENCE = 1 << 88
 
 OnBytes = Callable[[int], None]
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 def _frame_cipher(key: bytes, salt: bytes) -> AESGCM:
@@ -151,14 +155,14 @@ def seal(
     return Sealed(manifest, writer.archive_bytes, writer.archive_hash.hexdigest())
 
 
-def _read_exactly(file: BinaryIO, size: int, what: str) -> bytes:
+def _read_exactly(file: Readable, size: int, what: str) -> bytes:
     data = file.read(size)
     if len(data) != size:
         raise ArchiveTruncated(f"the archive is truncated: it ends inside {what}")
     return data
 
 
-def read_header(file: BinaryIO, keys: KeyRing) -> tuple[bytes, BackupKey, bytes, int]:
+def read_header(file: Readable, keys: KeyRing) -> tuple[bytes, BackupKey, bytes, int]:
     """The header bytes, the key that opens the archive, its salt and its chunk size."""
     header = file.read(HEADER.size)
     if len(header) < len(MAGIC) or not header.startswith(MAGIC):
@@ -184,7 +188,7 @@ def read_header(file: BinaryIO, keys: KeyRing) -> tuple[bytes, BackupKey, bytes,
 
 
 def open_archive(
-    file: BinaryIO,
+    file: Readable,
     keys: KeyRing,
     into: BinaryIO | None = None,
     *,

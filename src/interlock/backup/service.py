@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,7 +24,7 @@ from interlock import __version__
 from interlock.backup import postgres_dump, sqlite_dump
 from interlock.backup.archive import open_archive, seal
 from interlock.backup.destinations import Destination, destination_for, private_file
-from interlock.backup.errors import BackupError, BackupNotFound, RestoreRefused
+from interlock.backup.errors import ArchiveCorrupt, BackupError, BackupNotFound, RestoreRefused
 from interlock.backup.keys import key_ring
 from interlock.backup.manifest import (
     MANIFEST_SUFFIX,
@@ -82,11 +82,28 @@ def new_name(now: datetime) -> str:
     return f"interlock-{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
+WORKSPACE_PREFIX = ".interlock-backup-"
+STALE_WORKSPACE = timedelta(days=1)
+
+
+def _remove_stale_workspaces(parent: Path) -> None:
+    """Scratch directories of runs that were killed hold plain dumps: remove them once they
+    are surely no one's any more."""
+    cutoff = datetime.now(UTC) - STALE_WORKSPACE
+    for path in parent.glob(f"{WORKSPACE_PREFIX}*"):
+        try:
+            if datetime.fromtimestamp(path.stat().st_mtime, UTC) < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
+
+
 @asynccontextmanager
 async def _workspace(settings: Settings) -> AsyncIterator[Path]:
     """A private (0700) scratch directory, on the data dir's disk when there is one."""
-    parent = settings.data_dir if settings.data_dir.is_dir() else None
-    path = Path(tempfile.mkdtemp(prefix=".interlock-backup-", dir=parent))
+    parent = settings.data_dir if settings.data_dir.is_dir() else Path(tempfile.gettempdir())
+    await asyncio.to_thread(_remove_stale_workspaces, parent)
+    path = Path(tempfile.mkdtemp(prefix=WORKSPACE_PREFIX, dir=parent))
     try:
         yield path
     finally:
@@ -124,7 +141,7 @@ async def create_backup(
     progress = progress or Silent()
     keys = key_ring(settings)
     target = destination or destination_for(settings)
-    created = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    created = (now or datetime.now(UTC)).astimezone(UTC)
     name = new_name(created)
     async with _database(settings) as database, _workspace(settings) as work:
         dump = work / "dump"
@@ -139,7 +156,7 @@ async def create_backup(
                 row_counts, revision, schema = pg.row_counts, pg.revision, pg.schema
         except BackupError:
             raise
-        except (OSError, Exception) as exc:
+        except Exception as exc:  # the database failed: one line, without the password
             raise _describe_database_error(database, exc) from None
 
         def manifest_for(size: int, sha256: str) -> Manifest:
@@ -212,7 +229,7 @@ class _HashingReader:
         self.hash = hashlib.sha256()
         self.size = 0
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int = -1, /) -> bytes:
         data = self._file.read(size)
         self.hash.update(data)
         self.size += len(data)
@@ -255,13 +272,11 @@ def _open_checked(
     with path.open("rb") as raw:
         reader = _HashingReader(raw)
         if into is None:
-            manifest = open_archive(reader, keys, on_bytes=progress.advance)  # type: ignore[arg-type]
+            manifest = open_archive(reader, keys, on_bytes=progress.advance)
         else:
             with private_file(into) as out:
-                manifest = open_archive(reader, keys, out, on_bytes=progress.advance)  # type: ignore[arg-type]
+                manifest = open_archive(reader, keys, out, on_bytes=progress.advance)
     if listing is not None:
-        from interlock.backup.errors import ArchiveCorrupt
-
         if listing.manifest != manifest:
             raise ArchiveCorrupt("the archive's sealed manifest differs from its listing")
         if (listing.archive_bytes, listing.archive_sha256) != (
