@@ -35,6 +35,7 @@ from interlock.store.models import Base
 TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 VERSION_DIR = re.compile(r"\d+")
 POSTGRES_VERSIONS = Path("/usr/lib/postgresql")
+LOCK_TIMEOUT_MS = 60_000
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
@@ -233,7 +234,11 @@ async def restore(
             "pg_restore cannot read the archive's dump: " + _first_error(stderr, None)
         )
     try:
-        status, stderr = await _run(psql_argv, libpq_environment(database.url, environ))
+        env = libpq_environment(database.url, environ)
+        # Dropping a table waits for every transaction using it: a busy gateway makes the
+        # restore fail (and roll back) after a minute rather than hang.
+        env["PGOPTIONS"] = f"-c lock_timeout={LOCK_TIMEOUT_MS}"
+        status, stderr = await _run(psql_argv, env)
     finally:
         script.unlink(missing_ok=True)
     if status != 0:
