@@ -20,14 +20,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from interlock.api import admin, health, openai, usage
+from interlock.api import admin, anthropic, health, openai, usage
 from interlock.api import keys as own_keys
-from interlock.api.errors import openai_error_response
+from interlock.api.errors import anthropic_error_response, openai_error_response
 from interlock.auth.identity import open_identity
+from interlock.cache import build_cache
 from interlock.chat.service import ChatService
 from interlock.components import Components
 from interlock.errors import InterlockError, InternalError, NotFound
 from interlock.limits.budgets import Budgets
+from interlock.limits.rate_limits import RateLimiter
 from interlock.providers.registry import ProviderRegistry
 from interlock.settings import Settings
 from interlock.state import build_state
@@ -102,8 +104,22 @@ async def running(
         service = ChatService.from_config(settings.config, providers, state)
         stack.push_async_callback(service.aclose)
         router = service.router
-        budgets = Budgets(state.limits, settings.config.models, prices)
+        budgets = Budgets(
+            state.limits,
+            settings.config.models,
+            prices,
+            over_budget_status=settings.config.budgets.over_budget_status,
+        )
         stack.push_async_callback(budgets.aclose)
+        limiter = RateLimiter(
+            state,
+            settings.config.limits,
+            default_output_tokens=settings.config.routing.default_output_tokens,
+        )
+        stack.push_async_callback(limiter.aclose)
+        # Entries in Redis when instances share it, else in the cache's own memory store.
+        cache = build_cache(settings.config.cache, state, shared=settings.redis_url is not None)
+        stack.push_async_callback(cache.aclose)
         components = Components(
             settings=settings,
             database=database,
@@ -118,10 +134,19 @@ async def running(
             users=identity.users,
             tiers=identity.tiers,
             budgets=budgets,
+            limiter=limiter,
+            cache=cache,
         )
         if announce is not None:
             announce(settings, new_admin_key)
         yield components
+
+
+def _error_response(request: Request, error: InterlockError) -> Response:
+    """An error outside any route's own handling, in the shape its path's clients parse."""
+    if request.url.path.startswith("/v1/messages"):
+        return anthropic_error_response(error)
+    return openai_error_response(error)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -130,12 +155,12 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     if status == 405:
         error = NotFound(f"{request.method} is not allowed on {request.url.path}.")
         error.status = 405
-    return openai_error_response(error)
+    return _error_response(request, error)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled_error", path=request.url.path)
-    return openai_error_response(InternalError())
+    return _error_response(request, InternalError())
 
 
 class InterlockApp:
@@ -145,7 +170,14 @@ class InterlockApp:
         self.settings = settings
         self._announce = announce
         self.http = Starlette(
-            routes=[*health.routes, *openai.routes, *usage.routes, *admin.routes, *own_keys.routes],
+            routes=[
+                *health.routes,
+                *openai.routes,
+                *anthropic.routes,
+                *usage.routes,
+                *admin.routes,
+                *own_keys.routes,
+            ],
             exception_handlers={404: _not_found, 405: _not_found, Exception: _internal_error},
         )
 

@@ -8,8 +8,11 @@ from starlette.requests import HTTPConnection
 
 from interlock.auth.authenticator import Authenticator
 from interlock.auth.tiers import Tiers
+from interlock.cache import ResponseCache
+from interlock.chat.pipeline import ChatPipeline
 from interlock.chat.service import ChatService
 from interlock.limits.budgets import Budgets
+from interlock.limits.rate_limits import RateLimiter
 from interlock.providers.registry import ProviderRegistry
 from interlock.routing.router import Router
 from interlock.settings import Settings
@@ -39,7 +42,23 @@ class Components:
     users: UserStore
     tiers: Tiers  # the configured tiers, as scopes
     budgets: Budgets  # spend budgets per key and per user
+    limiter: RateLimiter  # rate limits per IP, key, user, tier and model
+    cache: ResponseCache | None = None  # the response cache; None: none
     request_ids: RequestIds = field(default_factory=RequestIds)
+    pipeline: ChatPipeline = field(init=False)  # every chat request, whatever its protocol
+
+    def __post_init__(self) -> None:
+        self.pipeline = ChatPipeline(
+            server=self.settings.config.server,
+            authenticator=self.authenticator,
+            service=self.service,
+            budgets=self.budgets,
+            limiter=self.limiter,
+            ledger=self.ledger,
+            prices=self.prices,
+            request_ids=self.request_ids,
+            cache=self.cache,
+        )
 
 
 def components_of(connection: HTTPConnection) -> Components:

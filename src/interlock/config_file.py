@@ -3,6 +3,7 @@ validated objects. Every problem is reported as one line naming the key."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from decimal import Decimal
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from interlock.limits.client_ip import parse_networks
 from interlock.providers.base import Timeouts
 
 ProviderKind = Literal["openai", "anthropic", "local"]
@@ -224,6 +226,13 @@ class UsageConfig(_Strict):
     outbox: bool = Field(default=True, description="write-ahead file in the data dir")
 
 
+class BudgetsConfig(_Strict):
+    """``[budgets]``: how a request over a spend budget is refused."""
+
+    # 429 (the default: OpenAI's clients back off and retry) or 402 Payment Required.
+    over_budget_status: Literal[429, 402] = 429
+
+
 # ---- routing and resilience: [routing] ----------------------------------------------------
 
 
@@ -327,6 +336,96 @@ class BackupConfig(_Strict):
         return self
 
 
+# ---- rate limits: [limits] ----------------------------------------------------------------
+
+MAX_FAILED_AUTH = 100_000
+MAX_TRUSTED_PROXIES = 1000
+StateFailure = Literal["local", "open", "closed"]
+
+
+class RateConfig(_Strict):
+    """Requests and tokens per minute of one scope (``None``: no limit of that kind)."""
+
+    rpm: int | None = Field(
+        default=None, ge=1, le=MAX_RPM, strict=True, description="requests per minute"
+    )
+    tpm: int | None = Field(
+        default=None, ge=1, le=MAX_TPM, strict=True, description="tokens per minute"
+    )
+
+
+class LimitsConfig(_Strict):
+    """``[limits]``: rate limits beyond the tiers' own (see docs/limits.md)."""
+
+    ip_rpm: int | None = Field(
+        default=None, ge=1, le=MAX_RPM, strict=True, description="requests per minute per IP"
+    )
+    failed_auth_per_minute: int | None = Field(
+        default=30, ge=1, le=MAX_FAILED_AUTH, strict=True, description="per IP"
+    )
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list, max_length=MAX_TRUSTED_PROXIES
+    )
+    on_state_failure: StateFailure = "local"
+    concurrency_lease: PositiveSeconds = 60.0
+    models: dict[str, RateConfig] = Field(default_factory=dict, description="per user and model")
+    tiers: dict[str, RateConfig] = Field(default_factory=dict, description="per tier, all users")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if not isinstance(value, list):
+            return value
+        for entry in value:
+            if not isinstance(entry, str):
+                raise ValueError(f"expected addresses or networks as strings, got {entry!r}")
+            if not entry.isprintable() or len(entry) > 64:
+                raise ValueError("expected addresses or networks such as 10.0.0.0/8")
+        # strict: "10.0.0.1/8" (host bits set) is a typo for 10.0.0.0/8 or 10.0.0.1
+        return list(parse_networks(value))
+
+
+# ---- the response cache: [cache] ---------------------------------------------------------
+
+CacheScope = Literal["user", "team", "shared"]
+MAX_CACHE_TTL = 30 * 86_400  # seconds: past a month an answer is stale, not cached
+CacheSeconds = Annotated[float, Field(gt=0, le=MAX_CACHE_TTL)]
+
+
+class CacheModelConfig(_Strict):
+    """``[cache.models.NAME]``: one public model's exceptions to ``[cache]``; unset keys
+    follow ``[cache]``."""
+
+    enabled: bool | None = None
+    ttl: CacheSeconds | None = None
+    deterministic_only: bool | None = None
+
+
+class CacheConfig(_Strict):
+    """``[cache]``: the response cache (see docs/cache.md)."""
+
+    enabled: bool = True
+    ttl: CacheSeconds = 3600.0
+    scope: CacheScope = Field(
+        default="user", description='whose answers are shared; "shared" only on purpose'
+    )
+    deterministic_only: bool = Field(
+        default=True, description="cache only temperature 0 or a fixed seed"
+    )
+    max_entry_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024, strict=True)
+    memory_limit_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=64 * 1024, le=64 * 1024**3, strict=True
+    )
+    wait_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    models: dict[str, CacheModelConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> CacheConfig:
+        if self.max_entry_bytes > self.memory_limit_bytes:
+            raise ValueError("max_entry_bytes must not exceed memory_limit_bytes")
+        return self
+
+
 class FileConfig(_Strict):
     """The whole of ``interlock.toml``."""
 
@@ -336,7 +435,10 @@ class FileConfig(_Strict):
     tiers: dict[str, TierConfig] = Field(default_factory=default_tiers)
     auth: AuthConfig = AuthConfig()
     usage: UsageConfig = UsageConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
     routing: RoutingConfig = RoutingConfig()
+    limits: LimitsConfig = LimitsConfig()
+    cache: CacheConfig = CacheConfig()
     backup: BackupConfig = BackupConfig()
 
     @field_validator("tiers", mode="after")
@@ -372,6 +474,15 @@ class FileConfig(_Strict):
             for model_name in tier.models if tier.models != "*" else ():
                 if model_name not in self.models:
                     problems.append(f"tiers.{tier_name}.models: unknown model {model_name!r}")
+        for model_name in self.limits.models:
+            if model_name not in self.models:
+                problems.append(f"limits.models.{model_name}: unknown model")
+        for tier_name in self.limits.tiers:
+            if tier_name not in self.tiers:
+                problems.append(f"limits.tiers.{tier_name}: unknown tier")
+        for model_name in self.cache.models:
+            if model_name not in self.models:
+                problems.append(f"cache.models.{model_name}: unknown model {model_name!r}")
         if self.auth.default_tier not in self.tiers:
             problems.append(f"auth.default_tier: unknown tier {self.auth.default_tier!r}")
         if problems:
@@ -390,7 +501,7 @@ def _format_validation(prefix: str, error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"] if part != "__root__")
-        where = f"{prefix}{location}" if location else prefix.rstrip(".") or "config"
+        where = f"{prefix}{location}" if location else prefix.rstrip(": .") or "config"
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"{where}: {message}")
     return lines

@@ -13,6 +13,7 @@ own error shape (see ``interlock.api.errors``); nothing else builds error bodies
     │   └── ModelNotFound               404     model_not_found
     ├── BodyTooLarge                    413     request_too_large
     ├── RateLimited                     429     rate_limit_exceeded
+    │   └── BudgetExceeded              429     budget_exceeded (or 402, [budgets])
     ├── ServiceUnavailable              503     service_unavailable (nothing can serve now)
     ├── InternalError                   500     internal_error (a bug; never leaks details)
     └── UpstreamError                   502     upstream_error: a provider failed
@@ -105,6 +106,24 @@ class RateLimited(InterlockError):
     status = 429
     code = "rate_limit_exceeded"
     message = "Rate limit exceeded."
+
+
+class BudgetExceeded(RateLimited):
+    """A spend budget cannot cover the request. 429 by default; an operator may choose 402
+    (Payment Required) for callers that treat it as "top up", not "slow down"."""
+
+    code = "budget_exceeded"
+    message = "The budget is spent."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        status: int = 429,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.status = status
 
 
 class ServiceUnavailable(InterlockError):

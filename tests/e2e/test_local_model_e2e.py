@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import openai
 import pytest
 
@@ -62,3 +63,25 @@ def test_the_embedded_model_streams_token_by_token(client: openai.OpenAI) -> Non
     assert len(deltas) > 3
     assert "Paris" in "".join(deltas)
     assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens > 0
+
+
+def test_the_embedded_model_answers_the_anthropic_client(gateway: RunningGateway) -> None:
+    # temperature is an Anthropic parameter up to API version 2023-06-01 only.
+    old_version = {"anthropic-version": "2023-06-01"}
+    with (
+        anthropic.Anthropic(base_url=gateway.url, api_key=ADMIN_KEY, max_retries=0) as client,
+        client.messages.stream(
+            model="local",
+            system=QUESTION[0]["content"],
+            messages=[QUESTION[1]],  # type: ignore[list-item]
+            max_tokens=40,
+            extra_body={"temperature": 0},
+            extra_headers=old_version,
+        ) as stream,
+    ):
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert "Paris" in text
+    assert final.content[0].text == text  # type: ignore[union-attr]
+    assert final.stop_reason in {"end_turn", "max_tokens"}
+    assert final.usage.input_tokens > 0 and final.usage.output_tokens > 0

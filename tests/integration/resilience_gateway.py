@@ -125,7 +125,7 @@ def serve_gateway(
         time.sleep(0.01)
     clock = FakeClock()
     components: Components = app.http.state.components
-    components.service = ChatService.from_config(
+    components.service = components.pipeline.service = ChatService.from_config(
         settings.config, components.providers, components.state, clock=clock
     )
     try:

@@ -75,6 +75,9 @@ def gateway_config(upstream: FakeUpstream) -> dict[str, dict[str, Any]]:
             "daily_budget": 5,
             "monthly_budget": 50,
         },
+        # This module sends hundreds of bad credentials from one address on purpose; the
+        # failed-authentication throttle has its own tests (test_rate_limits_api.py).
+        "limits": {"failed_auth_per_minute": 100_000},
     }
 
 

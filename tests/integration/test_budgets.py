@@ -64,16 +64,25 @@ def fresh_upstream(upstream: FakeUpstream) -> None:
     upstream.default = Behavior(text="hi")
 
 
-def new_key(gateway: RunningGateway, tier: str, **scope: Any) -> str:
-    """A new member of ``tier`` with one key of ``scope``."""
-    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def new_user(gateway: RunningGateway, tier: str, **fields: Any) -> str:
     user = httpx.post(
-        f"{gateway.url}/admin/users", json={"name": "member", "tier": tier}, headers=admin
+        f"{gateway.url}/admin/users", json={"name": "member", "tier": tier, **fields}, headers=ADMIN
     )
     assert user.status_code == 201, user.text
-    key = httpx.post(
-        f"{gateway.url}/admin/users/{user.json()['id']}/keys", json=scope, headers=admin
-    )
+    user_id: str = user.json()["id"]
+    return user_id
+
+
+def add_key(gateway: RunningGateway, user_id: str, **scope: Any) -> httpx.Response:
+    return httpx.post(f"{gateway.url}/admin/users/{user_id}/keys", json=scope, headers=ADMIN)
+
+
+def new_key(gateway: RunningGateway, tier: str, **scope: Any) -> str:
+    """A new member of ``tier`` with one key of ``scope``."""
+    key = add_key(gateway, new_user(gateway, tier), **scope)
     assert key.status_code == 201, key.text
     secret: str = key.json()["key"]
     return secret
@@ -170,4 +179,91 @@ def test_budgets_fail_closed_when_the_shared_state_is_down(
         assert refused.json()["error"]["code"] == "service_unavailable"
         assert "Budgets" in refused.json()["error"]["message"]
         assert int(refused.headers["retry-after"]) > 0
+        assert upstream.ledger == []
+
+
+# ---- a user's own budget -----------------------------------------------------------------
+
+
+def test_a_users_own_budget_replaces_the_tiers(gateway: RunningGateway) -> None:
+    # The tier allows 0.2 a day; this user may spend far more, and their key may too.
+    generous = new_user(gateway, "small", daily_budget=1000)
+    wide_key = add_key(gateway, generous, daily_budget=500)
+    assert wide_key.status_code == 201, wide_key.text  # wider than the tier, within the user
+    too_wide = add_key(gateway, generous, daily_budget=2000)
+    assert too_wide.status_code == 400
+    assert (too_wide.json()["error"]["code"], too_wide.json()["error"]["param"]) == (
+        "scope_too_wide",
+        "daily_budget",
+    )
+    key = wide_key.json()["key"]
+    for _ in range(30):  # the tier's 0.2 would refuse the 26th (see the first test)
+        assert chat(gateway, key).status_code == 200
+
+    # A user held tighter than their tier is refused by their own budget.
+    tight = new_user(gateway, "open", daily_budget=0.05)
+    tight_key = add_key(gateway, tight).json()["key"]
+    refused = chat(gateway, tight_key)
+    assert refused.status_code == 429
+    assert "daily budget of this user" in refused.json()["error"]["message"]
+
+
+def test_clearing_a_users_budget_gives_them_the_tiers_again(gateway: RunningGateway) -> None:
+    user_id = new_user(gateway, "open", daily_budget=0.05)
+    key = add_key(gateway, user_id).json()["key"]
+    assert chat(gateway, key).status_code == 429
+    shown = httpx.get(f"{gateway.url}/admin/users/{user_id}", headers=ADMIN).json()
+    assert shown["daily_budget"] == 0.05 and shown["monthly_budget"] is None
+    cleared = httpx.patch(
+        f"{gateway.url}/admin/users/{user_id}", json={"daily_budget": None}, headers=ADMIN
+    )
+    assert cleared.status_code == 200 and cleared.json()["daily_budget"] is None
+    assert chat(gateway, key).status_code == 200  # the "open" tier has no budget
+
+
+@pytest.mark.parametrize(
+    "amount", [-1, "NaN", 1e12, 0.0000001, "ten"], ids=["negative", "nan", "absurd", "dp", "text"]
+)
+def test_a_bad_user_budget_is_a_400_naming_it(gateway: RunningGateway, amount: Any) -> None:
+    user_id = new_user(gateway, "open")
+    for answer in (
+        httpx.post(
+            f"{gateway.url}/admin/users",
+            json={"name": "x", "monthly_budget": amount},
+            headers=ADMIN,
+        ),
+        httpx.patch(
+            f"{gateway.url}/admin/users/{user_id}", json={"monthly_budget": amount}, headers=ADMIN
+        ),
+    ):
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["param"] == "monthly_budget"
+
+
+def test_a_member_cannot_set_their_own_budget(gateway: RunningGateway) -> None:
+    key = new_key(gateway, "small")
+    me = httpx.patch(
+        f"{gateway.url}/admin/users/whoever",
+        json={"daily_budget": 1000},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    assert me.status_code == 403
+
+
+# ---- 402 instead of 429 ------------------------------------------------------------------
+
+
+def test_over_budget_can_answer_402_when_configured(upstream: FakeUpstream, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, {**config(upstream), "budgets": {"over_budget_status": 402}})
+    with serve(settings) as paying:
+        key = new_key(paying, "open", daily_budget=0.05)
+        refused = chat(paying, key)
+        assert refused.status_code == 402
+        error = refused.json()["error"]
+        assert (error["code"], error["type"]) == ("budget_exceeded", "insufficient_quota")
+        assert "daily budget of this API key" in error["message"]
+        client = openai.OpenAI(base_url=paying.openai_base_url, api_key=key, max_retries=0)
+        with client, pytest.raises(openai.APIStatusError) as raised:
+            client.chat.completions.create(model="gpt-fake", messages=HELLO, max_tokens=100)  # type: ignore[arg-type]
+        assert raised.value.status_code == 402
         assert upstream.ledger == []

@@ -103,6 +103,27 @@ def test_user_input_is_validated_in_one_line(env: dict[str, str]) -> None:
     assert "no user with this id" in failed(env, 1, "users", "disable", "x'; DROP TABLE users")
 
 
+def test_a_users_own_budget_is_set_shown_and_cleared(env: dict[str, str]) -> None:
+    [ada] = as_json(env, "users", "create", "Ada", "--tier", "basic", "--daily-budget", "10")
+    assert (ada["daily_budget"], ada["monthly_budget"]) == (10, None)
+    # A key may now go past the tier's budget of 2, up to the user's own.
+    assert "il_" in ok(env, "keys", "create", ada["id"], "--daily-budget", "5")
+    assert "daily_budget: At most 10" in failed(
+        env, 2, "keys", "create", ada["id"], "--daily-budget", "11"
+    )
+    [changed] = as_json(env, "users", "update", ada["id"], "--monthly-budget", "100.5")
+    assert (changed["daily_budget"], changed["monthly_budget"]) == (10, 100.5)
+    assert "daily 10" in ok(env, "users", "list")
+    [cleared] = as_json(env, "users", "update", ada["id"], "--daily-budget", "")
+    assert cleared["daily_budget"] is None
+    assert "--daily-budget: Must be an amount" in failed(
+        env, 2, "users", "update", ada["id"], "--daily-budget", "-1"
+    )
+    assert "--monthly-budget: not an amount" in failed(
+        env, 2, "users", "create", "Bo", "--monthly-budget", "lots"
+    )
+
+
 def test_the_last_admin_cannot_be_disabled(env: dict[str, str]) -> None:
     [admin] = as_json(env, "users", "create", "Root", "--role", "admin")
     assert "last active admin" in failed(env, 2, "users", "disable", admin["id"])

@@ -61,9 +61,19 @@ def keys(db: Database) -> KeyStore:
     return KeyStore(db, SECRET)
 
 
-async def test_the_identity_migration_is_at_head(db: Database) -> None:
-    assert head_revision() == "0003_identity"
-    assert await current_revision(db) == "0003_identity"
+async def test_the_database_is_migrated_to_the_head(db: Database) -> None:
+    assert await current_revision(db) == head_revision()
+
+
+async def test_a_users_own_budgets_are_stored_and_cleared(users: UserStore) -> None:
+    ada = await users.create("Ada", daily_budget=Decimal("2.5"))
+    assert (ada.daily_budget, ada.monthly_budget) == (Decimal("2.5"), None)
+    changed = await users.update(ada.id, monthly_budget=Decimal("100.000001"))
+    assert (changed.daily_budget, changed.monthly_budget) == (Decimal("2.5"), Decimal("100.000001"))
+    cleared = await users.update(ada.id, daily_budget=None)
+    assert cleared.daily_budget is None
+    found = await users.get(ada.id)
+    assert found is not None and found.monthly_budget == Decimal("100.000001")
 
 
 # --- users --------------------------------------------------------------------------------

@@ -208,6 +208,7 @@ def test_options_tools_and_metadata() -> None:
         max_tokens=50,
         temperature=1.7,
         top_p=0.8,
+        top_k=40,
         stop=["END"],
         seed=3,
         response_format={"type": "json_object"},
@@ -223,6 +224,7 @@ def test_options_tools_and_metadata() -> None:
     assert body["max_tokens"] == 50
     assert body["temperature"] == 1.0  # clamped to Anthropic's range
     assert body["top_p"] == 0.8
+    assert body["top_k"] == 40
     assert body["stop_sequences"] == ["END"]
     assert body["metadata"] == {"user_id": "user-9"}
     assert body["tools"] == [
@@ -374,6 +376,19 @@ def test_stop_reasons(stop_reason: str, canonical: str) -> None:
         message_start(input_tokens=1), message_delta(stop_reason, output_tokens=2), MESSAGE_STOP
     )
     assert events[-1] == Finish(canonical)  # type: ignore[arg-type]
+
+
+def test_the_stop_sequence_that_ended_the_answer() -> None:
+    stopped = sse(
+        "message_delta",
+        {"delta": {"stop_reason": "stop_sequence", "stop_sequence": "END"}, "usage": {}},
+    )
+    events = decode_all(message_start(input_tokens=1), stopped, MESSAGE_STOP)
+    assert events[-1] == Finish("stop", "END")
+    ended = sse(
+        "message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {}}
+    )
+    assert decode_all(message_start(input_tokens=1), ended, MESSAGE_STOP)[-1] == Finish("stop")
 
 
 def test_no_usage_reported_means_no_usage_event() -> None:

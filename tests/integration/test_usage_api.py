@@ -369,6 +369,11 @@ def test_a_failed_request_leaves_a_row_with_its_status_and_error(
     assert (row.status, row.error) == (502, "upstream_auth_failed")
     assert (row.input_tokens, row.output_tokens, row.cost) == (0, 0, 0)
     assert (row.partial, row.model) == (False, "broken")
+    # The deployment tried is on the row, and so are the attempts (an auth failure: one).
+    assert row.deployment and row.deployment == caught.value.response.headers.get(
+        "x-interlock-deployment", row.deployment
+    )
+    assert row.attempts == 1
 
 
 def test_a_request_for_an_unknown_model_leaves_a_row(

@@ -94,6 +94,7 @@ def serve(settings: Settings, timeout: float = 30.0) -> Iterator[RunningGateway]
             lifespan="on",
             access_log=False,
             log_level="warning",
+            proxy_headers=False,  # as `interlock serve`: [limits] trusted_proxies decides
         )
     )
     thread = threading.Thread(target=server.run, name="interlock-test-server", daemon=True)

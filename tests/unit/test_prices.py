@@ -277,7 +277,7 @@ def test_a_cut_stream_is_partial_and_counts_what_was_delivered(prices: Deploymen
         status=499,
         streaming=True,
         request=chat("x" * 40),
-        served=ServedBy(deployment="dep", attempts=1),
+        served=ServedBy(deployment="dep", attempts=1, committed=True),
         output_chars=18,
         error="client_disconnected",
         partial=True,
@@ -286,6 +286,24 @@ def test_a_cut_stream_is_partial_and_counts_what_was_delivered(prices: Deploymen
     assert record.usage_source == "estimated" and record.partial
     assert (record.status, record.error) == (499, "client_disconnected")
     assert record.cost == D("0.000075")
+
+
+def test_a_request_refused_by_its_deployment_bills_no_tokens(prices: DeploymentPrices) -> None:
+    record = record_usage(
+        Sink(),
+        prices,
+        request_id="req_5",
+        principal=ADA,
+        model="smart",
+        request=chat("x" * 40),
+        started=time.perf_counter(),
+        status=502,
+        streaming=False,
+        served=ServedBy(model="smart", deployment="dep", attempts=2),  # tried, never answered
+        error="upstream_auth_failed",
+    )
+    assert (record.input_tokens, record.output_tokens, record.cost) == (0, 0, 0)
+    assert (record.deployment, record.provider, record.attempts) == ("dep", "openai", 2)
 
 
 def test_a_request_that_reached_no_deployment_costs_nothing(prices: DeploymentPrices) -> None:
@@ -304,3 +322,24 @@ def test_a_request_that_reached_no_deployment_costs_nothing(prices: DeploymentPr
     assert (record.input_tokens, record.output_tokens, record.cost) == (0, 0, 0)
     assert (record.provider, record.deployment, record.attempts) == ("", "", 0)
     assert len(record.model) == 200 and record.error is not None and len(record.error) == 64
+
+
+def test_a_cache_hit_keeps_the_stored_usage_and_costs_nothing(prices: DeploymentPrices) -> None:
+    record = record_usage(
+        Sink(),
+        prices,
+        request_id="req_6",
+        principal=ADA,
+        model="smart",
+        started=time.perf_counter(),
+        status=200,
+        streaming=True,
+        request=chat("hello"),
+        served=ServedBy(model="gpt-4o", deployment="dep", attempts=0, committed=True),
+        usage=Usage(input_tokens=1000, output_tokens=500, cached_tokens=200),
+        cache_hit=True,
+    )
+    assert (record.input_tokens, record.output_tokens, record.cached_tokens) == (1000, 500, 200)
+    assert record.cache_hit
+    assert record.cost == 0
+    assert (record.deployment, record.attempts) == ("dep", 0)

@@ -1,4 +1,4 @@
-"""A stream whose client leaves before the body starts is still closed and accounted."""
+"""A stream whose client leaves before the body starts is still ended."""
 
 from __future__ import annotations
 
@@ -9,30 +9,31 @@ from typing import Any
 import pytest
 from starlette.requests import ClientDisconnect
 
-from interlock.api.streaming import EndingStreamingResponse, StreamEnding
+from interlock.api.streaming import EndingStreamingResponse
 
 pytestmark = pytest.mark.anyio
 
 
-class Upstream:
-    closed = 0
+class Ending:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
 
-    async def aclose(self) -> None:
-        self.closed += 1
+    async def end(self) -> None:
+        self.calls.append("end")
 
 
-async def body(ending: StreamEnding, started: list[bool]) -> AsyncIterator[bytes]:
+async def body(ending: Ending, started: list[bool]) -> AsyncIterator[bytes]:
     started.append(True)
     try:
         yield b"data: x\n\n"
     finally:
-        await ending.end("from-body")
+        ending.calls.append("body-finally")
+        await ending.end()
 
 
 @pytest.mark.parametrize("spec_version", ["2.0", "2.4"])
 async def test_client_gone_before_the_body_starts(spec_version: str) -> None:
-    upstream, ends, started = Upstream(), [], []  # type: ignore[var-annotated]
-    ending = StreamEnding(upstream, ends.append)  # type: ignore[arg-type]
+    ending, started = Ending(), []  # type: ignore[var-annotated]
     response = EndingStreamingResponse(body(ending, started), ending)
 
     async def receive() -> dict[str, Any]:
@@ -45,13 +46,11 @@ async def test_client_gone_before_the_body_starts(spec_version: str) -> None:
     with contextlib.suppress(OSError, ClientDisconnect):
         await response(scope, receive, send)
     assert started == []
-    assert upstream.closed == 1
-    assert ends == [None]
+    assert ending.calls == ["end"]
 
 
-async def test_a_finished_body_ends_once() -> None:
-    upstream, ends, started = Upstream(), [], []  # type: ignore[var-annotated]
-    ending = StreamEnding(upstream, ends.append)  # type: ignore[arg-type]
+async def test_a_finished_body_is_ended_by_the_body_first() -> None:
+    ending, started = Ending(), []  # type: ignore[var-annotated]
     response = EndingStreamingResponse(body(ending, started), ending)
     sent: list[dict[str, Any]] = []
 
@@ -62,5 +61,5 @@ async def test_a_finished_body_ends_once() -> None:
         sent.append(message)
 
     await response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
-    assert ends == ["from-body"]
-    assert upstream.closed == 1
+    assert ending.calls == ["body-finally", "end", "end"]
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}

@@ -73,7 +73,13 @@ async def create_user(request: Request, gateway: Components, principal: Principa
     body = await decode_body(request, UserCreate)
     tier = gateway.tiers.check_tier(body.tier or gateway.tiers.default)
     user = await gateway.users.create(
-        body.name, role=body.role, tier=tier, email=body.email, external_id=body.external_id
+        body.name,
+        role=body.role,
+        tier=tier,
+        email=body.email,
+        external_id=body.external_id,
+        daily_budget=body.daily_budget,
+        monthly_budget=body.monthly_budget,
     )
     gateway.authenticator.forget()  # a session subject may have been cached as unknown
     return json_response(user_json(user), 201)
@@ -109,6 +115,8 @@ async def update_user(request: Request, gateway: Components, principal: Principa
         tier=or_keep(body.tier),
         status=or_keep(body.status),
         external_id=or_keep(body.external_id),
+        daily_budget=or_keep(body.daily_budget),
+        monthly_budget=or_keep(body.monthly_budget),
     )
     gateway.authenticator.forget()
     return json_response(user_json(user))

@@ -51,6 +51,8 @@ class UserCreate(msgspec.Struct, forbid_unknown_fields=True):
     role: Role = "member"
     tier: TierName | None = None  # None: the configured default tier
     external_id: ExternalId | None = None
+    daily_budget: Decimal | None = None  # the user's own budgets, replacing the tier's
+    monthly_budget: Decimal | None = None
 
 
 class UserUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -60,6 +62,8 @@ class UserUpdate(msgspec.Struct, forbid_unknown_fields=True):
     tier: TierName | UnsetType = UNSET
     status: Status | UnsetType = UNSET
     external_id: ExternalId | UnsetType | None = UNSET
+    daily_budget: Decimal | UnsetType | None = UNSET  # null: the tier's again
+    monthly_budget: Decimal | UnsetType | None = UNSET
 
 
 class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -144,8 +148,9 @@ async def decode_body(request: Request, body_type: type[Body]) -> Body:
         check_text(getattr(body, field), field)
     if isinstance(body, UserCreate | UserUpdate) and isinstance(body.email, str):
         check_email(body.email)
+    _check_budgets(body)
     if isinstance(body, KeyCreate | KeyUpdate):
-        _check_key_fields(body)
+        _check_expiry_zone(body)
     return body
 
 
@@ -165,11 +170,14 @@ def _invalid(message: str) -> InvalidRequest:
     return InvalidRequest(reason + ".", param=param)
 
 
-def _check_key_fields(body: KeyCreate | KeyUpdate) -> None:
+def _check_budgets(body: UserCreate | UserUpdate | KeyCreate | KeyUpdate) -> None:
     for field in ("daily_budget", "monthly_budget"):
         amount = getattr(body, field)
         if isinstance(amount, Decimal):
             check_budget(amount, field)
+
+
+def _check_expiry_zone(body: KeyCreate | KeyUpdate) -> None:
     expires_at = body.expires_at
     if isinstance(expires_at, datetime) and (
         expires_at.tzinfo is None or expires_at.utcoffset() is None
@@ -201,6 +209,8 @@ def user_json(user: UserRecord) -> dict[str, Any]:
         "status": user.status,
         "external_id": user.external_id,
         "created_at": _timestamp(user.created_at),
+        "daily_budget": user.daily_budget,  # null: the tier's
+        "monthly_budget": user.monthly_budget,
     }
 
 
@@ -230,6 +240,8 @@ def key_json(key: KeyRecord, plaintext: str | None = None) -> dict[str, Any]:
 
 
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
+encode_json = _ENCODER.encode
+"""JSON as the identity API writes it (amounts as numbers); the CLI prints the same."""
 
 
 def json_response(

@@ -28,6 +28,7 @@ from interlock.api.identity_wire import (
     list_json,
     or_keep,
 )
+from interlock.api.inbound import authenticate_request
 from interlock.auth.authenticator import bearer_token
 from interlock.auth.fields import looks_like_id
 from interlock.auth.principal import Principal, Scope
@@ -46,8 +47,8 @@ def authenticated(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def route(request: Request) -> Response:
         gateway = components_of(request)
         try:
-            principal = await gateway.authenticator.authenticate(
-                bearer_token(request.headers.get("authorization"))
+            principal = await authenticate_request(
+                request, bearer_token(request.headers.get("authorization"))
             )
             return await handler(request, gateway, principal)
         except InterlockError as error:
@@ -75,7 +76,12 @@ def _check_expiry(expires_at: datetime | None) -> None:
 
 async def create_key(gateway: Components, owner: UserRecord, body: KeyCreate) -> Response:
     """Create a key for ``owner``; the answer carries the plaintext key, this once."""
-    scope = gateway.tiers.check_key_scope(owner.tier, body.scope())
+    scope = gateway.tiers.check_key_scope(
+        owner.tier,
+        body.scope(),
+        daily_budget=owner.daily_budget,
+        monthly_budget=owner.monthly_budget,
+    )
     _check_expiry(body.expires_at)
     row, plaintext = await gateway.keys.create_key(
         owner.id, name=body.name, expires_at=body.expires_at, scope=scope
@@ -90,7 +96,12 @@ async def update_key(gateway: Components, key: KeyRecord, body: KeyUpdate) -> Re
     """Change a key's name, expiry or scope (within its owner's tier)."""
     scope: Scope | Unset = KEEP
     if body.touches_scope():
-        scope = gateway.tiers.check_key_scope(key.tier, body.scope_over(key.scope))
+        scope = gateway.tiers.check_key_scope(
+            key.tier,
+            body.scope_over(key.scope),
+            daily_budget=key.user_daily_budget,
+            monthly_budget=key.user_monthly_budget,
+        )
     if not isinstance(body.expires_at, UnsetType):
         _check_expiry(body.expires_at)
     updated = await gateway.keys.update_key(

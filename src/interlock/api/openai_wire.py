@@ -83,6 +83,12 @@ class StreamOptions(msgspec.Struct):
     include_usage: bool = False
 
 
+class InterlockOptions(msgspec.Struct):
+    """The body's ``interlock`` extension object (ignored by OpenAI's own API)."""
+
+    cache: bool | str | None = None  # see docs/cache.md
+
+
 class ChatCompletionRequest(msgspec.Struct):
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     messages: list[MessageIn]
@@ -100,6 +106,7 @@ class ChatCompletionRequest(msgspec.Struct):
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     user: str | None = None
+    interlock: InterlockOptions | None = None
 
 
 decoder = msgspec.json.Decoder(ChatCompletionRequest)

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from interlock.api.errors import openai_error_response
+from interlock.api.inbound import authenticate_request
 from interlock.auth.authenticator import bearer_token
 from interlock.auth.principal import Principal
 from interlock.components import Components, components_of
@@ -62,8 +63,7 @@ async def all_usage(request: Request) -> Response:
 
 
 async def _authenticate(request: Request, gateway: Components) -> Principal:
-    token = bearer_token(request.headers.get("authorization"))
-    return await gateway.authenticator.authenticate(token)
+    return await authenticate_request(request, bearer_token(request.headers.get("authorization")))
 
 
 def _parse(

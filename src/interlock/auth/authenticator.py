@@ -20,6 +20,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Protocol
 
 from interlock.auth.keys import has_valid_checksum, hash_key
@@ -157,7 +158,9 @@ class Authenticator:
         record = await self._keys.find_by_key(key)
         if record is None or record.revoked_at is not None or record.user_status != "active":
             return None, None
-        owner, known = self._tier_scope(record.tier)
+        owner, known = self._owner_scope(
+            record.tier, record.user_daily_budget, record.user_monthly_budget
+        )
         principal = Principal(
             user_id=record.user_id,
             user_name=record.user_name,
@@ -200,7 +203,7 @@ class Authenticator:
             user = found
         if not user.is_active:
             return None
-        owner, known = self._tier_scope(user.tier)
+        owner, known = self._owner_scope(user.tier, user.daily_budget, user.monthly_budget)
         return Principal(
             user_id=user.id,
             user_name=user.name,
@@ -213,11 +216,14 @@ class Authenticator:
             via="session",
         )
 
-    def _tier_scope(self, tier: str) -> tuple[Scope, bool]:
-        """The tier's scope and whether it is configured (an unknown tier grants nothing)."""
+    def _owner_scope(
+        self, tier: str, daily_budget: Decimal | None, monthly_budget: Decimal | None
+    ) -> tuple[Scope, bool]:
+        """The user's scope (the tier's, with the user's own budgets) and whether the tier is
+        configured (an unknown tier grants nothing)."""
         if self._tiers is None:
             return UNLIMITED, True
-        scope = self._tiers.scope(tier)
+        scope = self._tiers.owner_scope(tier, daily_budget, monthly_budget)
         return (NO_ACCESS, False) if scope is None else (scope, True)
 
     def forget(self) -> None:

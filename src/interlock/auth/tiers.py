@@ -1,5 +1,8 @@
 """Tiers as scopes, and the rule that a key's scope can only narrow its owner's.
 
+A user's scope is their tier's, except for budgets an administrator set on the user: those
+replace the tier's (larger or smaller) for that user alone (``owner_scope``).
+
 ``Tiers`` is built once from the configuration. The authenticator asks it for a user's scope
 when it builds a principal; the admin API and the CLI ask it to check a requested key scope
 (``check_key_scope``) and a tier name (``check_tier``) before anything is stored.
@@ -8,6 +11,7 @@ when it builds a principal; the admin API and the CLI ask it to check a requeste
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from decimal import Decimal
 
 from interlock.auth.principal import Scope
@@ -59,6 +63,23 @@ class Tiers:
         """The scope of ``tier``; None if no such tier is configured."""
         return self._scopes.get(tier)
 
+    def owner_scope(
+        self,
+        tier: str,
+        daily_budget: Decimal | None = None,
+        monthly_budget: Decimal | None = None,
+    ) -> Scope | None:
+        """A user's scope: their tier's, with the user's own budgets where set; None if the
+        tier is not configured."""
+        scope = self._scopes.get(tier)
+        if scope is None or (daily_budget is None and monthly_budget is None):
+            return scope
+        return replace(
+            scope,
+            daily_budget=scope.daily_budget if daily_budget is None else daily_budget,
+            monthly_budget=scope.monthly_budget if monthly_budget is None else monthly_budget,
+        )
+
     def check_tier(self, tier: str, *, param: str = "tier") -> str:
         """``tier`` if it is configured; else ``InvalidRequest`` (400) naming ``param``."""
         if tier not in self._scopes:
@@ -69,14 +90,23 @@ class Tiers:
             )
         return tier
 
-    def check_key_scope(self, tier: str, requested: Scope) -> Scope:
-        """``requested`` if it is a valid key scope within ``tier``'s; raises otherwise.
+    def check_key_scope(
+        self,
+        tier: str,
+        requested: Scope,
+        *,
+        daily_budget: Decimal | None = None,
+        monthly_budget: Decimal | None = None,
+    ) -> Scope:
+        """``requested`` if it is a valid key scope within its owner's; raises otherwise.
 
-        Every limit must be positive and below its absurdity bound, every budget a finite,
-        non-negative amount; and nothing may be wider than the tier grants (a key without a
-        limit of some kind inherits the tier's). The ``InvalidRequest`` names the field.
+        The owner's scope is ``tier``'s with the owner's own ``daily_budget`` and
+        ``monthly_budget`` where set. Every limit must be positive and below its absurdity
+        bound, every budget a finite, non-negative amount; and nothing may be wider than the
+        owner's (a key without a limit of some kind inherits the owner's). The
+        ``InvalidRequest`` names the field.
         """
-        owner = self._scopes.get(tier)
+        owner = self.owner_scope(tier, daily_budget, monthly_budget)
         if owner is None:
             raise UnknownTier(
                 f"The owner's tier {tier[:64]!r} is not configured: set the user's tier first.",
@@ -115,7 +145,7 @@ class Tiers:
             limit: Decimal | None = getattr(owner, field)
             if limit is not None and amount > limit:
                 raise InvalidRequest(
-                    f"At most {limit}: a key cannot allow more than its owner's tier.",
+                    f"At most {limit}: a key cannot allow more than its owner's budget.",
                     code="scope_too_wide",
                     param=field,
                 )

@@ -151,19 +151,30 @@ class ChatService:
         await self._settler.wait()
         await self.guard.state.aclose()
 
-    async def open(self, request: ChatRequest, allowed: frozenset[str] | None = None) -> ChatStream:
+    async def open(
+        self,
+        request: ChatRequest,
+        allowed: frozenset[str] | None = None,
+        *,
+        whole: bool = False,
+        served: ServedBy | None = None,
+    ) -> ChatStream:
         """Start the answer and return once real content has arrived (see module doc).
 
         ``allowed``: the public models the caller may use (None: all). The request's model
         must be one of them (else ``ModelNotFound``), and fallbacks outside them are skipped.
+        ``whole``: return only once the whole answer is in hand (a non-streaming caller, which
+        may still fail over at any point). ``served`` is filled in as attempts are made, so
+        that a caller still knows the attempts and the last deployment tried when this raises.
         """
-        return await self._run(request, is_content_or_finish, allowed)
+        commits = _is_finish if whole else is_content_or_finish
+        return await self._run(request, commits, allowed, served or ServedBy())
 
     async def complete(
         self, request: ChatRequest, allowed: frozenset[str] | None = None
     ) -> tuple[ChatResult, ServedBy]:
         """The whole answer, for non-streaming callers (``allowed`` as for ``open``)."""
-        stream = await self._run(request, _is_finish, allowed)
+        stream = await self.open(request, allowed, whole=True)
         try:
             return await collect(stream), stream.served
         finally:
@@ -180,6 +191,7 @@ class ChatService:
         request: ChatRequest,
         commits: Callable[[Event], bool],
         allowed: frozenset[str] | None,
+        served: ServedBy,
     ) -> ChatStream:
         plan = self._router.plan(request.model, allowed)
         if plan is None:
@@ -193,7 +205,6 @@ class ChatService:
         holder = guard.holder()
         retry = self._retry
         retry.budget.note_request()
-        served = ServedBy()
         last_error: InterlockError | None = None
         earliest = math.inf  # when the first refused deployment may take requests again
         for candidate in candidates:
@@ -204,6 +215,8 @@ class ChatService:
                     earliest = min(earliest, admission.retry_after)
                     break
                 served.attempts += 1
+                served.model = candidate.model
+                served.deployment = candidate.name
                 deadline = _attempt_deadline(candidate, route_deadline, loop.time())
                 try:
                     return await self._attempt(request, admission, commits, served, deadline)
@@ -276,8 +289,7 @@ class ChatService:
             raise
         finally:
             served.upstream_seconds += loop.time() - started
-        served.model = candidate.model
-        served.deployment = candidate.name
+        served.committed = True
         return ChatStream(request, held, upstream, served, deadline, admission, self._settler)
 
 

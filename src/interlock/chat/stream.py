@@ -31,11 +31,13 @@ from interlock.routing.guard import Admission, DeploymentGuard
 
 @dataclass(slots=True)
 class ServedBy:
-    """How a request was served; rendered into response headers."""
+    """How a request was served (rendered into response headers), or, for a request that
+    failed, the last deployment it tried."""
 
     model: str = ""
     deployment: str = ""
     attempts: int = 0
+    committed: bool = False  # the deployment answered: real content (or the end) came back
     upstream_seconds: float = 0.0  # time spent waiting on providers (all attempts)
 
 
@@ -253,4 +255,5 @@ async def collect(stream: ChatStream) -> ChatResult:
         tool_calls=[calls[index] for index in sorted(calls)],
         finish_reason=finish.reason,
         usage=usage,
+        stop_sequence=finish.stop_sequence,
     )

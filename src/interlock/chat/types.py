@@ -72,6 +72,7 @@ class ChatRequest:
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    top_k: int | None = None  # Anthropic's; providers without it leave it out
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     tools: list[Tool] = field(default_factory=list)
@@ -118,7 +119,11 @@ class Usage:
 
 @dataclass(slots=True)
 class Finish:
+    """How the answer ended. ``stop_sequence`` is the caller's stop sequence that ended it,
+    when the provider says which (Anthropic does; OpenAI does not)."""
+
     reason: FinishReason
+    stop_sequence: str | None = None
 
 
 Event: TypeAlias = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish
@@ -147,3 +152,4 @@ class ChatResult:
     tool_calls: list[ToolCall]
     finish_reason: FinishReason
     usage: Usage
+    stop_sequence: str | None = None  # see ``Finish``

@@ -8,12 +8,11 @@ change within its key cache TTL (one second).
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from interlock.cli.runtime import EXIT_CONFIG, ConfigOption, fail
+from interlock.cli.runtime import EXIT_CONFIG, ConfigOption, budget_option, fail
 from interlock.cli.runtime import settings_or_exit as _settings
 from interlock.cli.users import (
     FormatOption,
@@ -31,20 +30,6 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Manage API keys: create, list, revoke, rotate.", no_args_is_help=True)
 
 MAX_EXPIRY_DAYS = 36_500
-
-
-def _budget(value: str | None, option: str) -> Decimal | None:
-    from interlock.auth.tiers import check_budget
-    from interlock.errors import InvalidRequest
-
-    if value is None:
-        return None
-    try:
-        return check_budget(Decimal(value), option)
-    except InvalidOperation:
-        fail([f"{option}: not an amount"], EXIT_CONFIG)
-    except InvalidRequest as error:
-        fail([f"{option}: {error.message}"], EXIT_CONFIG)
 
 
 def _expiry(days: float | None, at: str | None) -> datetime | None:
@@ -67,12 +52,9 @@ def _expiry(days: float | None, at: str | None) -> datetime | None:
 
 def print_keys(keys: list[KeyRecord], output: OutputFormat) -> None:
     if output is OutputFormat.json:
-        import msgspec
+        from interlock.api.identity_wire import encode_json, key_json
 
-        from interlock.api.identity_wire import key_json
-
-        encoder = msgspec.json.Encoder(decimal_format="number")
-        typer.echo(encoder.encode([key_json(key) for key in keys]).decode())
+        typer.echo(encode_json([key_json(key) for key in keys]).decode())
         return
     from rich.table import Table
 
@@ -123,10 +105,10 @@ def create(
         int | None, typer.Option(help="Concurrent requests [the tier's].")
     ] = None,
     daily_budget: Annotated[
-        str | None, typer.Option(help="Spend per UTC day, in currency [the tier's].")
+        str | None, typer.Option(help="Spend per rolling 24 hours, in currency [the owner's].")
     ] = None,
     monthly_budget: Annotated[
-        str | None, typer.Option(help="Spend per UTC month, in currency [the tier's].")
+        str | None, typer.Option(help="Spend per rolling 30 days, in currency [the owner's].")
     ] = None,
     expires_in_days: Annotated[
         float | None, typer.Option(min=0.001, max=MAX_EXPIRY_DAYS, help="Expire after N days.")
@@ -153,8 +135,8 @@ def create(
         rpm=rpm,
         tpm=tpm,
         max_concurrent=max_concurrent,
-        daily_budget=_budget(daily_budget, "--daily-budget"),
-        monthly_budget=_budget(monthly_budget, "--monthly-budget"),
+        daily_budget=budget_option(daily_budget, "--daily-budget"),
+        monthly_budget=budget_option(monthly_budget, "--monthly-budget"),
     )
     expiry = _expiry(expires_in_days, expires_at)
 
@@ -164,7 +146,12 @@ def create(
         owner = await stores.users.get(user_id)
         if owner is None:
             raise NotFound("No user with this id.")
-        checked: Scope = stores.tiers.check_key_scope(owner.tier, scope)
+        checked: Scope = stores.tiers.check_key_scope(
+            owner.tier,
+            scope,
+            daily_budget=owner.daily_budget,
+            monthly_budget=owner.monthly_budget,
+        )
         row, plaintext = await stores.keys.create_key(
             owner.id, name=name, expires_at=expiry, scope=checked, kind="test" if test else "live"
         )

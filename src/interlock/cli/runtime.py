@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Coroutine
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -53,3 +54,18 @@ def run_async(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         raise
     except Exception as exc:
         fail([startup_problem(exc).removeprefix("Interlock could not start: ")], EXIT_FAILED)
+
+
+def budget_option(value: str | None, option: str) -> Decimal | None:
+    """The amount given to ``option`` (None if not given), checked like the admin API does."""
+    from interlock.auth.tiers import check_budget
+    from interlock.errors import InvalidRequest
+
+    if value is None:
+        return None
+    try:
+        return check_budget(Decimal(value), option)
+    except InvalidOperation:
+        fail([f"{option}: not an amount"], EXIT_CONFIG)
+    except InvalidRequest as error:
+        fail([f"{option}: {error.message}"], EXIT_CONFIG)

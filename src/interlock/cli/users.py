@@ -23,7 +23,14 @@ from interlock.auth.fields import (
     check_length,
     looks_like_id,
 )
-from interlock.cli.runtime import EXIT_CONFIG, EXIT_FAILED, ConfigOption, fail, run_async
+from interlock.cli.runtime import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    ConfigOption,
+    budget_option,
+    fail,
+    run_async,
+)
 from interlock.cli.runtime import settings_or_exit as _settings
 from interlock.errors import InvalidRequest
 
@@ -108,17 +115,29 @@ def console_out() -> Any:
     return Console(width=None if sys.stdout.isatty() else 240, highlight=False)
 
 
+DAILY_BUDGET_HELP = "The user's spend per rolling 24 hours, in currency, replacing the tier's."
+MONTHLY_BUDGET_HELP = "The user's spend per rolling 30 days, in currency, replacing the tier's."
+
+
 def user_table(users: list[UserRecord]) -> Table:
     from rich.table import Table
 
-    table = Table("id", "name", "email", "role", "tier", "status", "external id", "created")
+    table = Table(
+        "id", "name", "email", "role", "tier", "budgets", "status", "external id", "created"
+    )
     for user in users:
+        budgets = ", ".join(
+            f"{label} {amount}"
+            for label, amount in (("daily", user.daily_budget), ("monthly", user.monthly_budget))
+            if amount is not None
+        )
         table.add_row(
             user.id,
             user.name,
             user.email or "",
             user.role,
             user.tier,
+            budgets or "the tier's",
             user.status,
             user.external_id or "",
             user.created_at.strftime("%Y-%m-%d %H:%M"),
@@ -128,11 +147,9 @@ def user_table(users: list[UserRecord]) -> Table:
 
 def print_users(users: list[UserRecord], output: OutputFormat) -> None:
     if output is OutputFormat.json:
-        import msgspec
+        from interlock.api.identity_wire import encode_json, user_json
 
-        from interlock.api.identity_wire import user_json
-
-        typer.echo(msgspec.json.encode([user_json(user) for user in users]).decode())
+        typer.echo(encode_json([user_json(user) for user in users]).decode())
     else:
         console_out().print(user_table(users))
 
@@ -165,12 +182,16 @@ def create(
     external_id: Annotated[
         str | None, typer.Option(help="Subject (`sub`) of this user's session tokens.")
     ] = None,
+    daily_budget: Annotated[str | None, typer.Option(help=DAILY_BUDGET_HELP)] = None,
+    monthly_budget: Annotated[str | None, typer.Option(help=MONTHLY_BUDGET_HELP)] = None,
     output: FormatOption = OutputFormat.table,
     config: ConfigOption = None,
 ) -> None:
     """Create a user."""
     settings = _settings(config_path=config)
     _checked(name, email, external_id)
+    daily = budget_option(daily_budget, "--daily-budget")
+    monthly = budget_option(monthly_budget, "--monthly-budget")
 
     async def work(stores: Stores) -> UserRecord:
         chosen = stores.tiers.check_tier(tier or stores.tiers.default)
@@ -180,6 +201,8 @@ def create(
             tier=chosen,
             email=email or None,
             external_id=external_id or None,
+            daily_budget=daily,
+            monthly_budget=monthly,
         )
 
     print_users([run_with_stores(settings, work)], output)
@@ -212,17 +235,26 @@ def update(
     external_id: Annotated[
         str | None, typer.Option(help='New session subject ("" to clear).')
     ] = None,
+    daily_budget: Annotated[
+        str | None, typer.Option(help=DAILY_BUDGET_HELP + ' ("" for the tier\'s)')
+    ] = None,
+    monthly_budget: Annotated[
+        str | None, typer.Option(help=MONTHLY_BUDGET_HELP + ' ("" for the tier\'s)')
+    ] = None,
     output: FormatOption = OutputFormat.table,
     config: ConfigOption = None,
 ) -> None:
-    """Change a user's name, email, role, tier, status or session subject."""
+    """Change a user's name, email, role, tier, status, session subject or budgets."""
     from interlock.store.users import UNSET
 
     settings = _settings(config_path=config)
     check_id(user_id, "user")
     _checked(name, email, external_id)
-    if all(v is None for v in (name, email, role, tier, status, external_id)):
+    given = (name, email, role, tier, status, external_id, daily_budget, monthly_budget)
+    if all(v is None for v in given):
         fail(["nothing to change: give at least one option (see --help)"])
+    daily = budget_option(daily_budget or None, "--daily-budget")
+    monthly = budget_option(monthly_budget or None, "--monthly-budget")
 
     async def work(stores: Stores) -> UserRecord:
         if tier is not None:
@@ -235,6 +267,8 @@ def update(
             tier=UNSET if tier is None else tier,
             status=UNSET if status is None else status.value,
             external_id=UNSET if external_id is None else (external_id or None),
+            daily_budget=UNSET if daily_budget is None else daily,
+            monthly_budget=UNSET if monthly_budget is None else monthly,
         )
 
     print_users([run_with_stores(settings, work)], output)

@@ -30,7 +30,7 @@ import structlog
 from interlock.auth.principal import Principal, Scope
 from interlock.chat.stream import estimate_tokens, request_length
 from interlock.chat.types import ChatRequest
-from interlock.errors import RateLimited, ServiceUnavailable
+from interlock.errors import BudgetExceeded, ServiceUnavailable
 from interlock.settings import ModelConfig
 from interlock.state import Limit, RateLimits, StateUnavailable
 from interlock.telemetry.prices import FREE, DeploymentPrices, Price
@@ -129,8 +129,10 @@ class Budgets:
         prices: DeploymentPrices,
         *,
         default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
+        over_budget_status: int = 429,
     ) -> None:
         self._limits = limits
+        self._over_budget_status = over_budget_status
         self._default_output = default_output_tokens
         self._prices = {name: _highest_price(model, prices) for name, model in models.items()}
         self.currency = prices.currency
@@ -148,7 +150,7 @@ class Budgets:
     async def reserve(self, principal: Principal, request: ChatRequest) -> Reservation | None:
         """Take the request's maximum cost from every budget of ``principal`` at once.
 
-        None when the principal has no budget. Raises ``RateLimited`` (naming the budget,
+        None when the principal has no budget. Raises ``BudgetExceeded`` (naming the budget,
         with ``retry_after`` unless waiting cannot help) when a budget cannot cover it, and
         ``ServiceUnavailable`` when the shared state cannot answer (budgets fail closed).
         """
@@ -176,14 +178,14 @@ class Budgets:
         if refused is not None:
             name = _describe(refused.key)
             if math.isinf(refused.retry_after):
-                raise RateLimited(
+                raise BudgetExceeded(
                     f"This request could cost more than the whole {name}; "
                     "lower max_tokens or shorten the messages.",
-                    code="budget_exceeded",
+                    status=self._over_budget_status,
                 )
-            raise RateLimited(
+            raise BudgetExceeded(
                 f"The {name} is spent; retry in {math.ceil(refused.retry_after)} seconds.",
-                code="budget_exceeded",
+                status=self._over_budget_status,
                 retry_after=refused.retry_after,
             )
         return Reservation(tuple(buckets), cost)

@@ -21,11 +21,11 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from interlock.chat.stop_reasons import FROM_ANTHROPIC
 from interlock.chat.types import (
     ChatRequest,
     Event,
     Finish,
-    FinishReason,
     ImagePart,
     Message,
     ReasoningDelta,
@@ -44,16 +44,6 @@ from interlock.settings import DeploymentConfig
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 """Sent when the caller set no limit: Anthropic requires ``max_tokens``."""
-
-_STOP_REASONS: dict[str, FinishReason] = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-    "pause_turn": "other",
-}
 
 
 class AnthropicProvider:
@@ -155,6 +145,8 @@ def build_request_body(request: ChatRequest, model: str) -> dict[str, Any]:
         body["temperature"] = min(max(request.temperature, 0.0), 1.0)
     if request.top_p is not None:
         body["top_p"] = request.top_p
+    if request.top_k is not None:
+        body["top_k"] = request.top_k
     if request.stop:
         body["stop_sequences"] = request.stop
     if request.user is not None:
@@ -302,6 +294,7 @@ class _BlockStop(msgspec.Struct, gc=False):
 
 class _MessageDeltaBody(msgspec.Struct, gc=False):
     stop_reason: str | None = None
+    stop_sequence: str | None = None
 
 
 class _MessageDelta(msgspec.Struct, gc=False):
@@ -349,6 +342,7 @@ class AnthropicStreamDecoder:
         "_saw_usage",
         "_secret",
         "_stop_reason",
+        "_stop_sequence",
         "_tool_blocks",
         "_tool_count",
         "done",
@@ -358,6 +352,7 @@ class AnthropicStreamDecoder:
         self.done = False
         self._secret = secret
         self._stop_reason: str | None = None
+        self._stop_sequence: str | None = None
         self._tool_blocks: dict[int, _ToolBlock] = {}  # by content block index
         self._tool_count = 0
         self._saw_usage = False
@@ -381,6 +376,7 @@ class AnthropicStreamDecoder:
                 message_delta = _decode_message_delta(data)
                 if message_delta.delta is not None and message_delta.delta.stop_reason:
                     self._stop_reason = message_delta.delta.stop_reason
+                    self._stop_sequence = message_delta.delta.stop_sequence
                 self._add_usage(message_delta.usage)
             elif event == "message_stop":
                 self.done = True
@@ -469,8 +465,9 @@ class AnthropicStreamDecoder:
                 )
             )
         if self._stop_reason is not None:
-            reason = _STOP_REASONS.get(self._stop_reason, "other")
+            reason = FROM_ANTHROPIC.get(self._stop_reason, "other")
         else:
             reason = "tool_calls" if self._tool_count else "stop"
-        events.append(Finish(reason))
+        stop_sequence = self._stop_sequence if self._stop_reason == "stop_sequence" else None
+        events.append(Finish(reason, stop_sequence))
         return events

@@ -70,6 +70,8 @@ class KeyRecord:
     max_concurrent: int | None = None
     daily_budget: Decimal | None = None
     monthly_budget: Decimal | None = None
+    user_daily_budget: Decimal | None = None  # the owner's own budgets; None: the tier's
+    user_monthly_budget: Decimal | None = None
 
     def is_usable(self, now: datetime) -> bool:
         """Not revoked, not expired at ``now``, and held by an active user."""
@@ -124,6 +126,8 @@ _RECORD_QUERY = select(
     ApiKey.max_concurrent,
     ApiKey.daily_budget,
     ApiKey.monthly_budget,
+    User.daily_budget,
+    User.monthly_budget,
 ).join(User, ApiKey.user_id == User.id)
 
 

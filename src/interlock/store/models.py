@@ -98,6 +98,9 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     # The `sub` of the identity provider's session tokens (JWTs) that this user signs in with.
     external_id: Mapped[str | None] = mapped_column(String(255), unique=True, index=True)
+    # The user's own budgets, replacing their tier's where set (None: the tier's).
+    daily_budget: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
+    monthly_budget: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
 
 
 class ApiKey(Base):

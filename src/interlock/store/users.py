@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select
@@ -45,6 +46,8 @@ class UserRecord:
     status: UserStatus
     external_id: str | None
     created_at: datetime
+    daily_budget: Decimal | None = None  # the user's own budgets; None: the tier's
+    monthly_budget: Decimal | None = None
 
     @property
     def is_active(self) -> bool:
@@ -61,6 +64,8 @@ def user_record(user: User) -> UserRecord:
         status=user.status,
         external_id=user.external_id,
         created_at=user.created_at,
+        daily_budget=user.daily_budget,
+        monthly_budget=user.monthly_budget,
     )
 
 
@@ -73,6 +78,8 @@ _COLUMNS = (
     User.status,
     User.external_id,
     User.created_at,
+    User.daily_budget,
+    User.monthly_budget,
 )
 _SELECT = select(*_COLUMNS)
 
@@ -95,6 +102,8 @@ class UserStore:
         tier: str = "free",
         email: str | None = None,
         external_id: str | None = None,
+        daily_budget: Decimal | None = None,
+        monthly_budget: Decimal | None = None,
     ) -> UserRecord:
         """A new active user. ``InvalidRequest`` if the email or external id is taken."""
         if role not in ("admin", "member"):
@@ -106,6 +115,8 @@ class UserStore:
             email=email,
             external_id=external_id,
             status="active",
+            daily_budget=daily_budget,
+            monthly_budget=monthly_budget,
         )
         async with self._db.session() as session:
             session.add(user)
@@ -164,6 +175,8 @@ class UserStore:
         tier: str | Unset = UNSET,
         status: UserStatus | Unset = UNSET,
         external_id: str | Unset | None = UNSET,
+        daily_budget: Decimal | Unset | None = UNSET,
+        monthly_budget: Decimal | Unset | None = UNSET,
     ) -> UserRecord:
         """Change the given fields; the user as it is now.
 
@@ -179,6 +192,8 @@ class UserStore:
                 ("tier", tier),
                 ("status", status),
                 ("external_id", external_id),
+                ("daily_budget", daily_budget),
+                ("monthly_budget", monthly_budget),
             )
             if value is not UNSET
         }

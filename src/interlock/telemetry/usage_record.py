@@ -92,6 +92,7 @@ def record_usage(
 
     ``started`` and ``first_token_at`` are ``time.perf_counter()`` readings. Without ``usage``
     (no complete answer), the tokens are estimated from ``request`` and ``output_chars``.
+    A ``cache_hit`` keeps the stored answer's usage and costs 0.
     """
     now = time.perf_counter()
     source: UsageSource
@@ -104,7 +105,7 @@ def record_usage(
     else:
         # No answer reached the end. If no deployment ever answered, the input was never
         # billed; if one did, it read the whole request.
-        reached = served is not None and bool(served.deployment)
+        reached = served is not None and served.committed
         input_tokens = estimate_tokens(_input_length(request)) if reached and request else 0
         output_tokens = estimate_tokens(output_chars) if output_chars else 0
         cached_tokens, source = 0, "estimated"
@@ -125,7 +126,11 @@ def record_usage(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         cached_tokens=cached_tokens,
-        cost=priced.price.cost(input_tokens, output_tokens, cached_tokens),
+        # A cache hit made no upstream call: its tokens are the stored answer's, for the
+        # record, and cost nothing.
+        cost=Decimal(0)
+        if cache_hit
+        else priced.price.cost(input_tokens, output_tokens, cached_tokens),
         latency_ms=round((now - started) * 1000),
         ttft_ms=None if first_token_at is None else round((first_token_at - started) * 1000),
         status=status,

@@ -57,6 +57,14 @@ def _stop_reason(reply: Reply) -> str:
     return _STOP_REASONS.get(reply.finish_reason, reply.finish_reason)
 
 
+def _stop_sequence(view: ChatView, reply: Reply) -> str | None:
+    """With the stop reason ``stop_sequence``, the request's first stop sequence."""
+    sequences = view.stop_sequences
+    if _stop_reason(reply) == "stop_sequence" and isinstance(sequences, list) and sequences:
+        return str(sequences[0])
+    return None
+
+
 def _usage(reply: Reply, output_tokens: int) -> dict[str, Any]:
     return {
         "input_tokens": reply.prompt_tokens,
@@ -108,6 +116,7 @@ class AnthropicWire:
             max_tokens=max_tokens,
             messages=messages,
             system=doc.get("system"),
+            stop_sequences=doc.get("stop_sequences"),
         )
 
     def key_matches(self, headers: Headers, key: str) -> bool:
@@ -156,7 +165,7 @@ class AnthropicWire:
             "model": view.model,
             "content": content,
             "stop_reason": _stop_reason(reply),
-            "stop_sequence": None,
+            "stop_sequence": _stop_sequence(view, reply),
         }
         if reply.include_usage:
             message["usage"] = _usage(reply, reply.chunk_count)
@@ -221,7 +230,10 @@ class AnthropicWire:
         preamble += _PING
         delta: dict[str, Any] = {
             "type": "message_delta",
-            "delta": {"stop_reason": _stop_reason(reply), "stop_sequence": None},
+            "delta": {
+                "stop_reason": _stop_reason(reply),
+                "stop_sequence": _stop_sequence(view, reply),
+            },
         }
         if reply.include_usage:
             delta["usage"] = {"output_tokens": reply.chunk_count}

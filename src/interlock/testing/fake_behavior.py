@@ -52,7 +52,8 @@ class Behavior:
             finish reason ``tool_calls`` / stop reason ``tool_use``.
         finish_reason: override the finish reason (OpenAI vocabulary; the Anthropic endpoint
             maps ``stop``/``length``/``tool_calls``/``content_filter`` to its own names and
-            passes any other value through).
+            passes any other value through; with ``stop_sequence`` it names the request's
+            first stop sequence as the one that matched).
         include_usage: ``False`` sends no usage anywhere in the reply.
 
     Faults (streaming replies; positions count content chunks, see the module docstring):

@@ -124,6 +124,7 @@ class ChatView:
     max_tokens: int | None
     messages: Any
     system: Any = None
+    stop_sequences: Any = None  # Anthropic's, to name the one that "stopped" the reply
 
 
 @dataclass(slots=True)

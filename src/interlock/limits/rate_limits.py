@@ -1,0 +1,469 @@
+"""Rate limits of callers: the pipeline's admit step.
+
+Every limit is a GCRA bucket of the shared state refilled over a minute (``state.limits``;
+with Redis, one atomic script round trip per decision, so instances together never admit
+more than a limit), and every concurrency cap a pool of slots held under a lease
+(``state.slots``; a crashed instance's slots free themselves when their lease ends).
+
+Before authentication, per client IP (``before_auth``):
+- ``[limits] ip_rpm`` requests per minute (off by default);
+- failed authentications: once ``failed_auth_per_minute`` failures from an IP are counted
+  (``note_failed_auth``), its requests get 429 before any key is looked at, until the count
+  has drained. Only failures count, so valid callers are refused only while the same IP is
+  failing.
+
+After it, per request (``admit``), all in one decision (all or nothing):
+- the key's ``rpm`` / ``tpm`` (when the key narrows its user's), the user's (the tier's),
+  every user of the tier together (``[limits.tiers.NAME]``) and the user on the model
+  (``[limits.models.NAME]``);
+- tokens are reserved up front: the prompt's estimate plus ``max_tokens`` (or the routing
+  default), and ``settle`` replaces the reservation by the real usage once the request has
+  ended, however it ended;
+- concurrent requests: ``max_concurrent`` of the key and of the user, released by
+  ``settle``.
+
+A principal with no limit costs no state call at all. A refusal is a ``RateLimitExceeded``
+(429, a code naming the scope, ``Retry-After`` in whole seconds, and the ``x-ratelimit-*``
+values); the shared state being down is handled as ``[limits] on_state_failure`` says (see
+``interlock.limits.fallback``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from interlock.auth.principal import Principal
+from interlock.chat.stream import estimate_tokens, request_length
+from interlock.chat.types import ChatRequest
+from interlock.errors import RateLimited, ServiceUnavailable
+from interlock.limits.client_ip import UNKNOWN, client_ip
+from interlock.limits.fallback import LimitState
+from interlock.limits.quota import NO_QUOTAS, Quotas, tightest
+from interlock.settings import LimitsConfig
+from interlock.state import Decision, Limit, ScopeStatus, SharedState
+
+WINDOW = 60.0  # every rate is per minute
+# No one knows when a concurrent request ends; a full pool is worth asking about this soon.
+CONCURRENCY_RETRY_AFTER = 1.0
+DEFAULT_OUTPUT_TOKENS = 1024
+IPV6_PREFIX = 64  # one IPv6 client usually holds a whole /64
+
+_SCOPES = {
+    "ip": "this IP address",
+    "key": "this API key",
+    "user": "this user",
+    "tier": "this tier (all its users together)",
+    "model": "this user on this model",
+}
+
+
+class RateLimitExceeded(RateLimited):
+    """A rate limit refused the request. ``code`` names the scope (``key_rate_limit_exceeded``,
+    ``concurrency_limit_exceeded``...); ``quotas`` are the ``x-ratelimit-*`` values."""
+
+    def __init__(
+        self, message: str, *, code: str, retry_after: float | None, quotas: Quotas
+    ) -> None:
+        super().__init__(message, code=code, retry_after=retry_after)
+        self.quotas = quotas
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.quotas.headers()
+
+
+def ip_bucket(ip: str) -> str:
+    """The bucket name of a client address: the address itself, or its /64 for IPv6 (a
+    client that holds a /64 must not get 2**64 buckets)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return UNKNOWN
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+    return str(address)
+
+
+def whole_seconds(seconds: float) -> float:
+    """A wait as ``Retry-After`` gives it: whole seconds, rounded up, at least 1."""
+    return float(max(1, math.ceil(seconds - 1e-9)))
+
+
+def _kind(key: str) -> str:
+    return key.split(":", 2)[1]
+
+
+def _unit(key: str) -> str:
+    return key.rsplit(":", 1)[1]
+
+
+def _narrower(key: int | None, user: int | None) -> int | None:
+    """The key's limit if it is tighter than its user's, else None (the user's covers it)."""
+    if key is None or (user is not None and key >= user):
+        return None
+    return key
+
+
+def _quotas(statuses: Sequence[ScopeStatus]) -> Quotas:
+    return Quotas(
+        requests=tightest(s for s in statuses if _unit(s.key) == "requests"),
+        tokens=tightest(s for s in statuses if _unit(s.key) == "tokens"),
+    )
+
+
+class Admission:
+    """What one admitted request holds; give it back with ``RateLimiter.settle``."""
+
+    __slots__ = (
+        "holder",
+        "limits_backend",
+        "quotas",
+        "renew_at",
+        "reserved",
+        "settled",
+        "slots",
+        "tokens",
+    )
+
+    def __init__(
+        self,
+        quotas: Quotas,
+        *,
+        holder: str = "",
+        tokens: tuple[Limit, ...] = (),
+        reserved: int = 0,
+        limits_backend: SharedState | None = None,
+        slots: tuple[tuple[str, SharedState], ...] = (),
+        renew_at: float = math.inf,
+    ) -> None:
+        self.quotas = quotas  # the x-ratelimit-* values of this request
+        self.holder = holder  # this request's id in the slot pools
+        self.tokens = tokens  # the token buckets charged, each with ``reserved`` tokens
+        self.reserved = reserved
+        self.limits_backend = limits_backend  # where the tokens were taken; None: nowhere
+        self.slots = slots  # the pools holding a slot, each with the state that granted it
+        self.renew_at = renew_at  # event-loop time after which the slots' leases are renewed
+        self.settled = False
+
+    def headers(self) -> dict[str, str]:
+        return self.quotas.headers()
+
+    def renew_due(self) -> bool:
+        """Whether the slots' leases should be renewed now (``RateLimiter.renew``)."""
+        return bool(self.slots) and asyncio.get_running_loop().time() >= self.renew_at
+
+
+@dataclass(frozen=True, slots=True)
+class _Rates:
+    rpm: int | None
+    tpm: int | None
+
+
+class RateLimiter:
+    """Admits requests within their rate limits (see the module docstring). One per app."""
+
+    def __init__(
+        self,
+        state: SharedState,
+        config: LimitsConfig,
+        *,
+        default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
+        local: SharedState | None = None,
+    ) -> None:
+        self.state = LimitState(state, config.on_state_failure, local=local)
+        self.trusted_proxies = tuple(config.trusted_proxies)
+        self._ip_rpm = config.ip_rpm
+        self._failures = config.failed_auth_per_minute
+        self._lease = config.concurrency_lease
+        self._default_output = default_output_tokens
+        self._models = {name: _Rates(r.rpm, r.tpm) for name, r in config.models.items()}
+        self._tiers = {name: _Rates(r.rpm, r.tpm) for name, r in config.tiers.items()}
+        # Slot holders must be unique across instances: a random instance id and a counter.
+        self._instance = os.urandom(6).hex()
+        self._counter = itertools.count()
+        # Admissions and settlements running on their own (see ``admit``, ``settle_soon``),
+        # awaited by ``aclose``.
+        self._pending: set[asyncio.Future[Any]] = set()
+
+    # --- before authentication ------------------------------------------------------------
+
+    def client_ip(self, peer: str | None, x_forwarded_for: str | Sequence[str] | None) -> str:
+        """The caller's address, honouring ``X-Forwarded-For`` from trusted proxies only."""
+        return client_ip(peer, x_forwarded_for, self.trusted_proxies)
+
+    def _failures_bucket(self, ip: str, cost: int) -> Limit | None:
+        if self._failures is None:
+            return None
+        return Limit(f"rl:ip:{ip_bucket(ip)}:auth_failures", self._failures, WINDOW, cost)
+
+    async def before_auth(self, ip: str) -> Quotas:
+        """Count one request from ``ip`` and check it is not locked out by failed
+        authentications; the IP's ``x-ratelimit-*`` values. Raises ``RateLimitExceeded``
+        (or ``ServiceUnavailable`` when the state is down and ``on_state_failure`` is
+        ``closed``)."""
+        buckets: list[Limit] = []
+        if self._ip_rpm is not None:
+            buckets.append(Limit(f"rl:ip:{ip_bucket(ip)}:requests", self._ip_rpm, WINDOW, 1))
+        failures = self._failures_bucket(ip, 0)  # cost 0: only looks
+        if failures is not None:
+            buckets.append(failures)
+        if not buckets:
+            return NO_QUOTAS
+        answer = await self.state.run("before_auth", lambda s: s.limits.admit(buckets))
+        if answer is None:
+            return NO_QUOTAS
+        decision = answer[0]
+        counted = [s for s in decision.scopes if _unit(s.key) != "auth_failures"]
+        quotas = _quotas(counted)
+        failed = next((s for s in decision.scopes if _unit(s.key) == "auth_failures"), None)
+        if failed is not None and failed.remaining == 0:
+            # Full: one more failure would not fit. Wait until one has drained.
+            wait = max(0.0, failed.reset - (failed.limit - 1) * WINDOW / failed.limit)
+            raise RateLimitExceeded(
+                "Too many failed authentications from this IP address; retry in "
+                f"{whole_seconds(wait):.0f} seconds.",
+                code="auth_attempts_exceeded",
+                retry_after=whole_seconds(wait),
+                quotas=quotas,
+            )
+        if not decision.allowed:
+            raise self._refusal(decision, quotas, None)
+        return quotas
+
+    async def note_failed_auth(self, ip: str) -> None:
+        """Count one failed authentication from ``ip``. Never raises."""
+        bucket = self._failures_bucket(ip, 1)
+        if bucket is None:
+            return
+        # Closed policy and the state down: nothing to refuse, this request failed anyway.
+        with contextlib.suppress(ServiceUnavailable):
+            # ``adjust``, not ``admit``: a failure always counts, even past the limit.
+            await self.state.run("note_failed_auth", lambda s: s.limits.adjust((bucket,)))
+
+    # --- after authentication -------------------------------------------------------------
+
+    def reserved_tokens(self, request: ChatRequest) -> int:
+        """The tokens ``request`` may use: its prompt estimate plus its output allowance."""
+        output = request.max_tokens if request.max_tokens is not None else self._default_output
+        return estimate_tokens(request_length(request)) + output
+
+    def _buckets(self, principal: Principal, model: str, tokens: int) -> list[Limit]:
+        buckets: list[Limit] = []
+        user = principal.owner_scope
+
+        def add(name: str, rpm: int | None, tpm: int | None) -> None:
+            if rpm is not None:
+                buckets.append(Limit(f"{name}:requests", rpm, WINDOW, 1))
+            if tpm is not None:
+                buckets.append(Limit(f"{name}:tokens", tpm, WINDOW, tokens))
+
+        if principal.key_id is not None:
+            key = principal.scope
+            # A key limit no smaller than its user's is implied by the user's bucket, which
+            # counts this key's requests too: one bucket less.
+            add(
+                f"rl:key:{principal.key_id}",
+                _narrower(key.rpm, user.rpm),
+                _narrower(key.tpm, user.tpm),
+            )
+        add(f"rl:user:{principal.user_id}", user.rpm, user.tpm)
+        tier = self._tiers.get(principal.tier)
+        if tier is not None:
+            add(f"rl:tier:{principal.tier}", tier.rpm, tier.tpm)
+        on_model = self._models.get(model)
+        if on_model is not None:
+            add(f"rl:model:{principal.user_id}:{model}", on_model.rpm, on_model.tpm)
+        return buckets
+
+    def _pools(self, principal: Principal) -> list[tuple[str, int]]:
+        pools: list[tuple[str, int]] = []
+        user_cap = principal.owner_scope.max_concurrent
+        key_cap = _narrower(principal.scope.max_concurrent, user_cap)
+        if principal.key_id is not None and key_cap is not None:
+            pools.append((f"rl:key:{principal.key_id}:concurrent", key_cap))
+        if user_cap is not None:
+            pools.append((f"rl:user:{principal.user_id}:concurrent", user_cap))
+        return pools
+
+    def holder(self) -> str:
+        """A fresh id for one request's slots, unique across instances."""
+        return f"{self._instance}-{next(self._counter)}"
+
+    async def admit(
+        self, principal: Principal, request: ChatRequest, *, before: Quotas = NO_QUOTAS
+    ) -> Admission:
+        """Admit ``request`` within every rate limit of ``principal``, or refuse it.
+
+        Takes one request and the reserved tokens from every bucket at once, then a slot in
+        every concurrency pool. Raises ``RateLimitExceeded`` naming the refusing scope that
+        needs the longest wait (``ServiceUnavailable`` when the state is down and the policy
+        is ``closed``). ``before`` are the quotas ``before_auth`` returned, reported too when
+        tighter. The ``Admission`` must be given to ``settle`` when the request ends.
+        """
+        pools = self._pools(principal)
+        tokens = self.reserved_tokens(request)
+        buckets = self._buckets(principal, request.model, tokens)
+        if not buckets and not pools:
+            return Admission(before)
+        if request.max_tokens is None:
+            # The caller did not ask for this output: never refuse for our own default.
+            caps = [b.limit for b in buckets if _unit(b.key) == "tokens"]
+            if caps and tokens > min(caps):
+                tokens = min(caps)
+                buckets = self._buckets(principal, request.model, tokens)
+        # Once something is taken it must be given back: a caller cancelled mid-way (the
+        # client left) must not leave a slot held until its lease ends.
+        task = asyncio.ensure_future(self._admit(buckets, pools, tokens, before))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._abandoned)
+            raise
+
+    def _abandoned(self, task: asyncio.Future[Admission]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.settle_soon(task.result(), 0)
+
+    async def _admit(
+        self, buckets: list[Limit], pools: list[tuple[str, int]], tokens: int, before: Quotas
+    ) -> Admission:
+        quotas = before
+        limits_backend: SharedState | None = None
+        if buckets:
+            answer = await self.state.run("admit", lambda s: s.limits.admit(buckets))
+            if answer is not None:
+                decision, limits_backend = answer
+                quotas = before.merged(_quotas(decision.scopes))
+                if not decision.allowed:
+                    raise self._refusal(decision, quotas, tokens)
+        charged = tuple(b for b in buckets if _unit(b.key) == "tokens")
+        admission = Admission(
+            quotas,
+            holder=self.holder(),
+            tokens=charged if limits_backend is not None else (),
+            reserved=tokens,
+            limits_backend=limits_backend,
+        )
+        if pools:
+            await self._take_slots(admission, pools, buckets)
+        return admission
+
+    async def _acquire(self, name: str, holder: str, cap: int) -> tuple[bool, SharedState] | None:
+        lease = self._lease
+        return await self.state.run(
+            "acquire", lambda s: s.slots.acquire(name, holder, limit=cap, lease=lease)
+        )
+
+    async def _take_slots(
+        self, admission: Admission, pools: list[tuple[str, int]], buckets: list[Limit]
+    ) -> None:
+        held: list[tuple[str, SharedState]] = []
+        holder = admission.holder
+        for name, cap in pools:
+            answer = await self._acquire(name, holder, cap)
+            if answer is None:
+                continue  # open: not counted
+            got, backend = answer
+            if got:
+                held.append((name, backend))
+                continue
+            # Full: give back what this request took, since it will not run.
+            for taken, owner in held:
+                await self.state.undo("release", owner.slots.release(taken, holder))
+            if admission.limits_backend is not None:
+                refund = [Limit(b.key, b.limit, b.window, -b.cost) for b in buckets]
+                await self.state.undo("adjust", admission.limits_backend.limits.adjust(refund))
+            admission.settled = True
+            raise RateLimitExceeded(
+                f"Too many requests at once for {_SCOPES[_kind(name)]} (at most {cap}); retry "
+                "when one has finished.",
+                code="concurrency_limit_exceeded",
+                retry_after=CONCURRENCY_RETRY_AFTER,
+                quotas=admission.quotas,
+            )
+        admission.slots = tuple(held)
+        if held:
+            admission.renew_at = asyncio.get_running_loop().time() + self._lease / 2
+
+    def _refusal(self, decision: Decision, quotas: Quotas, tokens: int | None) -> RateLimitExceeded:
+        refused = decision.refused
+        assert refused is not None
+        scope, unit = _kind(refused.key), _unit(refused.key)
+        per_minute = f"{refused.limit} {unit} per minute"
+        code = f"{scope}_rate_limit_exceeded"
+        if math.isinf(refused.retry_after):
+            return RateLimitExceeded(
+                f"This request needs {tokens} tokens, more than the {per_minute} of "
+                f"{_SCOPES[scope]}; lower max_tokens or shorten the messages.",
+                code=code,
+                retry_after=None,
+                quotas=quotas,
+            )
+        wait = whole_seconds(refused.retry_after)
+        return RateLimitExceeded(
+            f"Rate limit of {_SCOPES[scope]} reached ({per_minute}); retry in {wait:.0f} seconds.",
+            code=code,
+            retry_after=wait,
+            quotas=quotas,
+        )
+
+    # --- after the request ----------------------------------------------------------------
+
+    async def renew(self, admission: Admission) -> None:
+        """Extend the slots' leases if half has run (call it while a long answer streams;
+        it costs nothing until then). Never raises."""
+        if not admission.slots or admission.settled:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < admission.renew_at:
+            return
+        admission.renew_at = loop.time() + self._lease / 2
+        for name, backend in admission.slots:
+            await self.state.undo(
+                "renew", backend.slots.renew(name, admission.holder, lease=self._lease)
+            )
+
+    async def settle(self, admission: Admission, used_tokens: int) -> None:
+        """The request has ended (finished, failed, cut or abandoned): free its slots and
+        replace its token reservation by ``used_tokens`` (what it really used, 0 if nothing
+        reached the provider). Idempotent; never raises (if the shared state is down, the
+        slots' leases free them and the reservation stays charged)."""
+        if admission.settled:
+            return
+        admission.settled = True
+        for name, backend in admission.slots:
+            await self.state.undo("release", backend.slots.release(name, admission.holder))
+        limits = admission.limits_backend
+        change = used_tokens - admission.reserved
+        if limits is not None and admission.tokens and change:
+            changes = [Limit(b.key, b.limit, b.window, change) for b in admission.tokens]
+            await self.state.undo("adjust", limits.limits.adjust(changes))
+
+    def settle_soon(self, admission: Admission, used_tokens: int) -> None:
+        """``settle`` from synchronous code (where a stream's end is reported)."""
+        if admission.settled:
+            return
+        task = asyncio.get_running_loop().create_task(self.settle(admission, used_tokens))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def wait_settled(self) -> None:
+        """Wait for the settlements ``settle_soon`` started (and the admissions whose caller
+        was cancelled, which settle when they are done)."""
+        while self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Wait for the settlements still running; close the local fallback state."""
+        await self.wait_settled()
+        await self.state.aclose()
