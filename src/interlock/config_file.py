@@ -277,6 +277,66 @@ class RoutingConfig(_Strict):
     state_max_age: float = Field(default=0.5, gt=0, le=0.5)
 
 
+# ---- backups: [backup] -----------------------------------------------------------------
+
+S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+class S3Config(_Strict):
+    """``[backup.s3]``: an S3-compatible object store (AWS S3, MinIO, R2, Ceph...).
+
+    Credentials never live here: they come from the environment (see ``settings``).
+    """
+
+    bucket: str = ""
+    prefix: str = Field(default="interlock/", max_length=512)
+    endpoint_url: str = Field(default="", description="empty: AWS S3 itself")
+    region: str = Field(default="", max_length=64)
+    path_style: bool = Field(default=False, description="bucket in the path, not the host")
+
+    @field_validator("bucket")
+    @classmethod
+    def _check_bucket(cls, value: str) -> str:
+        if value and not S3_BUCKET.fullmatch(value):
+            raise ValueError("not a bucket name (3 to 63 lowercase letters, digits, . and -)")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        value = value.lstrip("/")
+        if not value.isprintable() or "\\" in value:
+            raise ValueError("must be printable text without backslashes")
+        return value if not value or value.endswith("/") else value + "/"
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// URL")
+            if parts.username or parts.password:
+                raise ValueError("must not carry credentials; set them in the environment")
+        return value.rstrip("/")
+
+
+class BackupConfig(_Strict):
+    """``[backup]``: where backups go and how many are kept."""
+
+    destination: Literal["local", "s3"] = "local"
+    directory: str = Field(default="", description="local destination; empty: DATA_DIR/backups")
+    keep_last: int = Field(default=7, ge=0, le=100_000, description="0: no count rule")
+    keep_days: int = Field(default=0, ge=0, le=36_500, description="0: no age rule")
+    s3: S3Config = S3Config()
+
+    @model_validator(mode="after")
+    def _check_destination(self) -> BackupConfig:
+        if self.destination == "s3" and not self.s3.bucket:
+            raise ValueError('destination = "s3" needs [backup.s3] bucket')
+        return self
+
+
 # ---- rate limits: [limits] ----------------------------------------------------------------
 
 MAX_FAILED_AUTH = 100_000
@@ -463,6 +523,7 @@ class FileConfig(_Strict):
     limits: LimitsConfig = LimitsConfig()
     cache: CacheConfig = CacheConfig()
     jobs: JobsConfig = JobsConfig()
+    backup: BackupConfig = BackupConfig()
 
     @field_validator("tiers", mode="after")
     @classmethod

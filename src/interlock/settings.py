@@ -10,6 +10,8 @@ the bundled SmolLM2 model.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from interlock.config_file import (  # re-exported: settings is where callers lo
     MAX_TPM,
     TIER_NAME,
     AuthConfig,
+    BackupConfig,
     BreakerConfig,
     ConfigError,
     DeploymentConfig,
@@ -39,6 +42,7 @@ from interlock.config_file import (  # re-exported: settings is where callers lo
     RateConfig,
     RetryConfig,
     RoutingConfig,
+    S3Config,
     ServerConfig,
     StateFailure,
     TierConfig,
@@ -59,6 +63,8 @@ __all__ = [
     "MAX_TPM",
     "TIER_NAME",
     "AuthConfig",
+    "BackupConfig",
+    "BackupSecrets",
     "BreakerConfig",
     "ConfigError",
     "DatabasePool",
@@ -73,6 +79,7 @@ __all__ = [
     "RateConfig",
     "RetryConfig",
     "RoutingConfig",
+    "S3Config",
     "ServerConfig",
     "Settings",
     "StateFailure",
@@ -132,6 +139,26 @@ class DatabasePool:
     recycle: float = 1800.0  # seconds before a connection is replaced
 
 
+BACKUP_KEY_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class BackupSecrets:
+    """Keys that encrypt backups, and the object store's credentials, from the environment."""
+
+    key: bytes | None = None  # INTERLOCK_BACKUP_KEY; None: derived from the server secret
+    old_keys: tuple[bytes, ...] = ()  # INTERLOCK_BACKUP_OLD_KEYS: still decrypt, never encrypt
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_session_token: str | None = None
+
+    def __repr__(self) -> str:  # never show a key
+        return (
+            f"BackupSecrets(key={'***' if self.key else None}, old_keys={len(self.old_keys)}, "
+            f"s3_access_key_id={self.s3_access_key_id!r})"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the app needs, validated. Built once and passed down."""
@@ -151,6 +178,7 @@ class Settings:
     log_level: str
     log_format: Literal["json", "console"]
     environ: Mapping[str, str]  # for api_key_env look-ups, kept as read once
+    backup: BackupSecrets = BackupSecrets()
 
     @property
     def is_embedded_database(self) -> bool:
@@ -261,6 +289,7 @@ def load_settings(
                             f"{deployment.name!r} of model {model_name!r} needs it"
                         )
     jwt = _jwt_settings(env, problems, flag, leeway=config.auth.session_leeway)
+    backup = _backup_secrets(env, problems)
     if problems:
         raise ConfigError(problems)
     return Settings(
@@ -279,6 +308,50 @@ def load_settings(
         log_level=log_level,
         log_format=log_format,  # type: ignore[arg-type]
         environ=env,
+        backup=backup,
+    )
+
+
+def _backup_secrets(env: Mapping[str, str], problems: list[str]) -> BackupSecrets:
+    """The backup keys (base64 of 32 bytes each) and S3 credentials. Never echoes a key."""
+
+    def decode(name: str, value: str) -> bytes | None:
+        try:
+            key = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            problems.append(f"{name}: not base64 (generate a key: `interlock backup keygen`)")
+            return None
+        if len(key) != BACKUP_KEY_BYTES:
+            problems.append(f"{name}: must be {BACKUP_KEY_BYTES} bytes, base64-encoded")
+            return None
+        return key
+
+    raw_key = env.get("INTERLOCK_BACKUP_KEY", "").strip()
+    key = decode("INTERLOCK_BACKUP_KEY", raw_key) if raw_key else None
+    old_keys: list[bytes] = []
+    for part in env.get("INTERLOCK_BACKUP_OLD_KEYS", "").split(","):
+        if part.strip() and (old := decode("INTERLOCK_BACKUP_OLD_KEYS", part)) is not None:
+            old_keys.append(old)
+    access_key = (
+        env.get("INTERLOCK_BACKUP_S3_ACCESS_KEY_ID") or env.get("AWS_ACCESS_KEY_ID") or None
+    )
+    secret_key = (
+        env.get("INTERLOCK_BACKUP_S3_SECRET_ACCESS_KEY") or env.get("AWS_SECRET_ACCESS_KEY") or None
+    )
+    session_token = (
+        env.get("INTERLOCK_BACKUP_S3_SESSION_TOKEN") or env.get("AWS_SESSION_TOKEN") or None
+    )
+    if (access_key is None) != (secret_key is None):
+        problems.append(
+            "INTERLOCK_BACKUP_S3_ACCESS_KEY_ID and INTERLOCK_BACKUP_S3_SECRET_ACCESS_KEY: "
+            "set both or neither"
+        )
+    return BackupSecrets(
+        key=key,
+        old_keys=tuple(old_keys),
+        s3_access_key_id=access_key,
+        s3_secret_access_key=secret_key,
+        s3_session_token=session_token,
     )
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from interlock.cli import jobs, keys, usage, users
+from interlock.cli import backup, jobs, keys, usage, users
 from interlock.cli.runtime import ConfigOption, run_async, settings_or_exit
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(users.app, name="users")
 app.add_typer(keys.app, name="keys")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(backup.app, name="backup")
 app.command("usage")(usage.usage)
 
 
