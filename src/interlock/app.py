@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from interlock.api import admin, anthropic, health, openai, usage
+from interlock.api import admin, anthropic, health, openai, privacy, usage
 from interlock.api import keys as own_keys
 from interlock.api.errors import anthropic_error_response, openai_error_response
 from interlock.auth.identity import open_identity
@@ -180,6 +180,7 @@ class InterlockApp:
                 *usage.routes,
                 *admin.routes,
                 *own_keys.routes,
+                *privacy.routes,  # a user's export and erasure
             ],
             exception_handlers={404: _not_found, 405: _not_found, Exception: _internal_error},
         )

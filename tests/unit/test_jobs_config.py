@@ -109,6 +109,5 @@ def test_an_unknown_job_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_file_config(path)
     assert caught.value.problems == [
-        "interlock.toml: jobs: unknown job 'backups' (the jobs are: cleanup, housekeeping, "
-        "backup)"
+        "interlock.toml: jobs: unknown job 'backups' (the jobs are: cleanup, housekeeping, backup)"
     ]

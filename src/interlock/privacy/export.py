@@ -56,9 +56,10 @@ async def _stream(
     conn: AsyncConnection, query: Select[Any, *tuple[Any, ...]]
 ) -> AsyncIterator[dict[str, Any]]:
     result = await conn.stream(query.execution_options(yield_per=BATCH))
+    names = tuple(result.keys())
     async for partition in result.partitions():
         for row in partition:
-            yield _plain(row)
+            yield dict(zip(names, row, strict=True))
 
 
 async def profile(conn: AsyncConnection, user_id: str) -> AsyncIterator[dict[str, Any]]:
