@@ -80,6 +80,7 @@ async def _export(request: Request, gateway: Components, user_id: str) -> Respon
         raise InvalidRequest(str(exc).capitalize() + ".", param="passphrase") from None
     await _existing(gateway, user_id)
     key = await asyncio.to_thread(passphrase_key, passphrase)  # scrypt: off the event loop
+    await gateway.ledger.flush()  # this instance's latest requests are in the export too
     now = datetime.now(UTC)
     log.info("user_export_started", user_id=user_id)
     filename = f"interlock-export-{user_id}-{now:%Y%m%dT%H%M%SZ}{SUFFIX}"
