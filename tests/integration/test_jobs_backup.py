@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 import structlog
-from typer.testing import CliRunner, Result
 
 from interlock.backup.service import list_backups, verify_backup
-from interlock.cli import app
 from interlock.jobs.registry import JobContext, configured_jobs
 from interlock.jobs.runner import JobRunner
 from interlock.jobs.scheduler import Scheduler
@@ -26,42 +24,23 @@ from interlock.store.database import database_for
 from interlock.store.jobs import JobStore
 from interlock.store.migrate import prepare
 from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
-from tests.support.gateway import SECRET
+from tests.support.cli import cli, command_env, ok
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    values = {
-        "INTERLOCK_DATA_DIR": str(tmp_path / "data"),
-        "INTERLOCK_SECRET": SECRET,
-        "INTERLOCK_CONFIG": str(tmp_path / "interlock.toml"),
-        "DATABASE_URL": "",
-        "INTERLOCK_BACKUP_KEY": "",
-        "INTERLOCK_BACKUP_OLD_KEYS": "",
-    }
-    (tmp_path / "interlock.toml").write_text(
+    return command_env(
+        request,
+        tmp_path,
         f'[backup]\ndirectory = "{tmp_path / "backups"}"\nkeep_last = 1\n'
-        '[jobs.backup]\nschedule = "15 4 * * *"\n'
+        '[jobs.backup]\nschedule = "15 4 * * *"\n',
     )
-    if request.param == "postgresql":
-        values["DATABASE_URL"] = request.getfixturevalue("postgres_url")
-    return values
 
 
 @pytest.fixture(autouse=True)
 def default_logging() -> Iterator[None]:
     yield
     structlog.reset_defaults()
-
-
-def cli(env: dict[str, str], *args: str) -> Result:
-    return CliRunner().invoke(app, list(args), env=env)
-
-
-def ok(env: dict[str, str], *args: str) -> str:
-    result = cli(env, *args)
-    assert result.exit_code == 0, (result.stdout, result.stderr)
-    return result.stdout
 
 
 def test_jobs_run_backup_backs_up_prunes_and_is_recorded(env: dict[str, str]) -> None:
@@ -104,15 +83,17 @@ def test_a_backup_that_cannot_be_written_is_a_failed_run(
 def test_the_scheduler_runs_the_backup_at_its_time(env: dict[str, str]) -> None:
     settings = load_settings(env)
     due = datetime(2031, 5, 1, 4, 15, tzinfo=UTC)
-    start = due - timedelta(seconds=0.2)
-    origin = time.monotonic()
+    start = due - timedelta(seconds=0.5)
+    origin = 0.0
 
     def clock() -> datetime:
         return start + timedelta(seconds=time.monotonic() - origin)
 
     async def run() -> None:
+        nonlocal origin
         database = database_for(settings)
         await prepare(database)
+        origin = time.monotonic()  # the clock starts half a second before the due time
         try:
             jobs = configured_jobs(settings.config.jobs)
             context = JobContext(settings, database, MemoryState(), None, clock)

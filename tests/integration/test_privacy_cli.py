@@ -12,57 +12,24 @@ from typing import Any
 
 import pytest
 import structlog
-from typer.testing import CliRunner, Result
 
-from interlock.cli import app
 from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
-from tests.support.gateway import SECRET
+from tests.support.cli import command_env, failed, ok
 
 PASSPHRASE = "a long enough passphrase"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    values = {
-        "INTERLOCK_DATA_DIR": str(tmp_path / "data"),
-        "INTERLOCK_SECRET": SECRET,
-        "INTERLOCK_CONFIG": str(tmp_path / "interlock.toml"),
-        "DATABASE_URL": "",
-        "INTERLOCK_BACKUP_KEY": "",
-        "INTERLOCK_BACKUP_OLD_KEYS": "",
-        "EXPORT_PASSPHRASE": PASSPHRASE,
-        "SHORT_PASSPHRASE": "too short",
-        "REDIS_URL": "",
-    }
-    (tmp_path / "interlock.toml").write_text("")
-    if request.param == "postgresql":
-        values["DATABASE_URL"] = request.getfixturevalue("postgres_url")
-    return values
+    return command_env(
+        request, tmp_path, EXPORT_PASSPHRASE=PASSPHRASE, SHORT_PASSPHRASE="too short"
+    )
 
 
 @pytest.fixture(autouse=True)
 def default_logging() -> Iterator[None]:
     yield
     structlog.reset_defaults()
-
-
-def cli(env: dict[str, str], *args: str) -> Result:
-    return CliRunner().invoke(app, list(args), env=env)
-
-
-def ok(env: dict[str, str], *args: str) -> str:
-    result = cli(env, *args)
-    assert result.exit_code == 0, (result.stdout, result.stderr)
-    return result.stdout
-
-
-def failed(env: dict[str, str], status: int, *args: str) -> str:
-    result = cli(env, *args)
-    assert result.exit_code == status, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def new_user(env: dict[str, str], name: str, *options: str) -> str:

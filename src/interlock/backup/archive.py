@@ -33,6 +33,7 @@ from interlock.backup.frames import (
     MAX_CHUNK,
     MIN_CHUNK,
     READ_BLOCK,
+    Digesting,
     FrameWriter,
     OnBytes,
     Readable,
@@ -145,25 +146,16 @@ def open_archive(
     """
     header, key, salt, chunk_size = read_header(file, keys)
     on_bytes(len(header))
-    digest = hashlib.sha256()
-    size = 0
-
-    def emit(data: bytes) -> None:
-        nonlocal size
-        digest.update(data)
-        size += len(data)
-        if into is not None:
-            into.write(data)
-
+    dump = Digesting(into)
     cipher = frame_cipher(key.key, salt, _FRAME_INFO)
-    payload = read_frames(file, cipher, header, chunk_size, emit, on_bytes=on_bytes)
+    payload = read_frames(file, cipher, header, chunk_size, dump.write, on_bytes=on_bytes)
     try:
         manifest = Manifest.decode(payload)
     except msgspec.DecodeError:
         raise ArchiveCorrupt("the archive is corrupt: unreadable manifest") from None
     if manifest.key_id != key.id:
         raise ArchiveCorrupt("the archive is corrupt: its manifest names another key")
-    if manifest.dump_bytes != size or manifest.dump_sha256 != digest.hexdigest():
+    if manifest.dump_bytes != dump.size or manifest.dump_sha256 != dump.hexdigest():
         raise ArchiveCorrupt(
             "the archive is corrupt: the dump does not match the manifest's checksum"
         )

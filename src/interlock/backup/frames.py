@@ -66,6 +66,25 @@ def _ignore(_amount: int) -> None:
     return None
 
 
+class Digesting:
+    """Passes what is written on to ``into`` (if any), counting and hashing it: what the
+    final frame's size and SHA-256 are checked against."""
+
+    def __init__(self, into: Writable | None) -> None:
+        self._into = into
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+        if self._into is not None:
+            self._into.write(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
 class FrameWriter:
     """Writes ``header``, then compressed data frames, then the final frame, to ``out``."""
 

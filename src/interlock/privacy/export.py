@@ -29,6 +29,7 @@ from interlock.errors import NotFound
 from interlock.privacy.sealed import Sealer, SealingKey
 from interlock.store.database import Database
 from interlock.store.models import ApiKey, UsageRow, User
+from interlock.store.users import USER_COLUMNS
 
 FORMAT = "interlock-export"
 VERSION = 1
@@ -48,10 +49,6 @@ class Section:
     single: bool = False
 
 
-def _plain(row: Any) -> dict[str, Any]:
-    return dict(row._mapping)
-
-
 async def _stream(
     conn: AsyncConnection, query: Select[Any, *tuple[Any, ...]]
 ) -> AsyncIterator[dict[str, Any]]:
@@ -63,22 +60,12 @@ async def _stream(
 
 
 async def profile(conn: AsyncConnection, user_id: str) -> AsyncIterator[dict[str, Any]]:
-    columns = (
-        User.id,
-        User.name,
-        User.email,
-        User.role,
-        User.tier,
-        User.status,
-        User.external_id,
-        User.created_at,
-        User.daily_budget,
-        User.monthly_budget,
-    )
-    row = (await conn.execute(select(*columns).where(User.id == user_id))).first()
+    result = await conn.execute(select(*USER_COLUMNS).where(User.id == user_id))
+    names = tuple(result.keys())
+    row = result.first()
     if row is None:
         raise NotFound("No user with this id.")
-    yield _plain(row)
+    yield dict(zip(names, row, strict=True))
 
 
 KEY_COLUMNS = (

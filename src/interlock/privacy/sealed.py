@@ -31,6 +31,7 @@ from interlock.backup.errors import ArchiveCorrupt, ArchiveRejected, ArchiveTrun
 from interlock.backup.frames import (
     MAX_CHUNK,
     MIN_CHUNK,
+    Digesting,
     FrameWriter,
     OnBytes,
     Readable,
@@ -264,24 +265,21 @@ def open_export(
         master = found.key
         if not hmac.compare_digest(_check_value(master, header.salt), header.check):
             raise ArchiveCorrupt("the export's header is damaged (key check fails)")
-    digest = hashlib.sha256()
-    size = 0
-
-    def emit(data: bytes) -> None:
-        nonlocal size
-        digest.update(data)
-        size += len(data)
-        if into is not None:
-            into.write(data)
-
+    document = Digesting(into)
     cipher = frame_cipher(master, header.salt, _FRAME_INFO)
     payload = read_frames(
-        file, cipher, header.raw, header.chunk_size, emit, on_bytes=on_bytes, what="export"
+        file,
+        cipher,
+        header.raw,
+        header.chunk_size,
+        document.write,
+        on_bytes=on_bytes,
+        what="export",
     )
     try:
         trailer = msgspec.json.decode(payload, type=Trailer)
     except msgspec.DecodeError:
         raise ArchiveCorrupt("the export is corrupt: unreadable trailer") from None
-    if trailer.document_bytes != size or trailer.document_sha256 != digest.hexdigest():
+    if trailer.document_bytes != document.size or trailer.document_sha256 != document.hexdigest():
         raise ArchiveCorrupt("the export is corrupt: the document does not match its checksum")
     return trailer
