@@ -84,7 +84,8 @@ class BarProgress:
     def stage(self, description: str, total: int | None = None) -> None:
         if self._task is not None:
             task = self._bar.tasks[-1]
-            self._bar.update(self._task, completed=task.total or 1, total=task.total or 1)
+            done = task.total if task.total is not None else 1  # an empty step is done too
+            self._bar.update(self._task, completed=done, total=done)
         self._task = self._bar.add_task(description, total=total)
 
     def advance(self, amount: int) -> None:

@@ -178,6 +178,7 @@ async def document(
                 batch.append(b"\n]")
                 yield b"".join(batch)
                 progress.advance(pending)
+            progress.stage("sealing the export")
             yield b"\n}\n"
 
 
