@@ -39,32 +39,40 @@ U2, A2 = message("u2", "user", "More"), message("a2", "assistant", "Sure.")
 
 
 def test_a_submitted_turn_appends_the_user_message_and_the_answer() -> None:
-    assert merge_turn([], U1, A1) == [U1, A1]
-    assert merge_turn([U1, A1], U2, A2) == [U1, A1, U2, A2]
+    assert merge_turn([], [U1], A1) == [U1, A1]
+    assert merge_turn([U1, A1], [U2], A2) == [U1, A1, U2, A2]
+
+
+def test_the_clients_whole_history_is_merged_by_id() -> None:
+    assert merge_turn([], [U1, A1, U2], A2) == [U1, A1, U2, A2]
+    assert merge_turn([U1, A1], [U1, A1, U2], A2) == [U1, A1, U2, A2]
+    # the regenerated answer is gone from the client's history; the server drops it too
+    new = message("a3", "assistant", "Hello!")
+    assert merge_turn([U1, A1], [U1], new, regenerate=True) == [U1, new]
 
 
 def test_a_resent_message_replaces_the_stored_one_with_its_id() -> None:
     edited = message("u1", "user", "Hello again")
-    assert merge_turn([U1, A1], edited, None) == [edited, A1]
+    assert merge_turn([U1, A1], [edited], None) == [edited, A1]
     # an assistant message the client added tool results to, continued by the answer
     continued = message("a1", "assistant", "Hi! And more.")
-    assert merge_turn([U1, A1], A1, continued) == [U1, continued]
+    assert merge_turn([U1, A1], [A1], continued) == [U1, continued]
 
 
 def test_regenerate_replaces_the_last_assistant_message() -> None:
     new = message("a3", "assistant", "Hello!")
-    assert merge_turn([U1, A1], U1, new, regenerate=True) == [U1, new]
-    assert merge_turn([U1, A1, U2, A2], U2, new, regenerate=True) == [U1, A1, U2, new]
+    assert merge_turn([U1, A1], [U1], new, regenerate=True) == [U1, new]
+    assert merge_turn([U1, A1, U2, A2], [U2], new, regenerate=True) == [U1, A1, U2, new]
 
 
 def test_regenerate_with_a_message_id_drops_it_and_what_follows() -> None:
     new = message("a3", "assistant", "Hello!")
     stored = [U1, A1, U2, A2]
-    assert merge_turn(stored, U1, new, regenerate=True, regenerated_id="a1") == [U1, new]
+    assert merge_turn(stored, [U1], new, regenerate=True, regenerated_id="a1") == [U1, new]
 
 
 def test_regenerate_after_a_user_message_keeps_it() -> None:
-    assert merge_turn([U1], U1, A1, regenerate=True) == [U1, A1]
+    assert merge_turn([U1], [U1], A1, regenerate=True) == [U1, A1]
 
 
 def test_title_is_the_first_user_text_shortened() -> None:
@@ -113,10 +121,10 @@ async def test_turns_are_stored_and_read_back(
     store: ConversationStore, owners: tuple[str, str]
 ) -> None:
     ada, _ = owners
-    first = await store.save_turn(ada, "chat-1", U1, A1)
+    first = await store.save_turn(ada, "chat-1", [U1], A1)
     assert first.messages == [U1, A1]
     assert first.summary.title == "Hello"
-    second = await store.save_turn(ada, "chat-1", U2, A2)
+    second = await store.save_turn(ada, "chat-1", [U2], A2)
     assert second.summary.created_at == first.summary.created_at
     assert second.summary.updated_at >= first.summary.updated_at
     record = await store.get(ada, "chat-1")
@@ -125,7 +133,7 @@ async def test_turns_are_stored_and_read_back(
     assert record.summary.message_count == 4
     assert record.summary.size_bytes == json_size([U1, A1, U2, A2])
     regenerated = message("a9", "assistant", "Of course.")
-    await store.save_turn(ada, "chat-1", U2, regenerated, regenerate=True)
+    await store.save_turn(ada, "chat-1", [U2], regenerated, regenerate=True)
     record = await store.get(ada, "chat-1")
     assert record is not None and record.messages == [U1, A1, U2, regenerated]
 
@@ -135,12 +143,12 @@ async def test_another_users_conversation_does_not_exist_for_them(
     store: ConversationStore, owners: tuple[str, str]
 ) -> None:
     ada, bob = owners
-    await store.save_turn(ada, "shared-id", U1, A1)
+    await store.save_turn(ada, "shared-id", [U1], A1)
     assert await store.get(bob, "shared-id") is None
     assert await store.list(bob, limit=10) == []
     assert await store.delete(bob, "shared-id") is False
     # the same chat id is a different conversation of bob's
-    await store.save_turn(bob, "shared-id", U2, A2)
+    await store.save_turn(bob, "shared-id", [U2], A2)
     ada_record = await store.get(ada, "shared-id")
     bob_record = await store.get(bob, "shared-id")
     assert ada_record is not None and ada_record.messages == [U1, A1]
@@ -156,8 +164,8 @@ async def test_lists_are_newest_first_and_paginated(
 ) -> None:
     ada, _ = owners
     for name in ("one", "two", "three"):
-        await store.save_turn(ada, name, message(f"u-{name}", "user", name), A1)
-    await store.save_turn(ada, "one", U2, A2)  # updated last: now the newest
+        await store.save_turn(ada, name, [message(f"u-{name}", "user", name)], A1)
+    await store.save_turn(ada, "one", [U2], A2)  # updated last: now the newest
     listed = await store.list(ada, limit=10)
     assert [item.id for item in listed] == ["one", "three", "two"]
     assert [item.title for item in listed] == ["one", "three", "two"]
@@ -173,7 +181,7 @@ async def test_concurrent_turns_of_one_conversation_lose_nothing(
 
     async def turn(number: int) -> None:
         user = message(f"u{number}", "user", f"q{number}")
-        await store.save_turn(ada, "busy", user, message(f"a{number}", "assistant", "a"))
+        await store.save_turn(ada, "busy", [user], message(f"a{number}", "assistant", "a"))
 
     async with anyio.create_task_group() as group:
         for number in range(6):
@@ -190,7 +198,7 @@ async def test_a_users_conversations_go_with_the_user(
     db: Database, store: ConversationStore, owners: tuple[str, str]
 ) -> None:
     ada, _ = owners
-    await store.save_turn(ada, "c", U1, A1)
+    await store.save_turn(ada, "c", [U1], A1)
     async with db.engine.begin() as conn:
         await conn.execute(text("DELETE FROM users WHERE id = :id"), {"id": ada})
     assert await store.get(ada, "c") is None

@@ -1,15 +1,17 @@
 """``ConversationStore``: each user's AI SDK chats, as ``UIMessage`` lists in JSON.
 
-A turn is stored when its answer is complete, in one transaction: the request's newest message
-(the user's, or an assistant message the client added tool results to) and the answer are
-merged into what is stored (``merge_turn``); a regenerated answer replaces the assistant
-message it regenerates. Every read and write is scoped to its owner: another user's chat id is
-simply not found. Turns of one conversation are written one at a time across instances.
+A turn is stored when its answer is complete, in one transaction: the request's messages (the
+client's history, with the new user message, or an assistant message the client added tool
+results to) and the answer are merged into what is stored by message id (``merge_turn``); a
+regenerated answer replaces the assistant message it regenerates. Every read and write is
+scoped to its owner: another user's chat id is simply not found. Turns of one conversation are
+written one at a time across instances.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -59,7 +61,7 @@ def _upsert(messages: list[UIMessage], message: UIMessage) -> None:
 
 def merge_turn(
     stored: list[UIMessage],
-    latest: UIMessage | None,
+    incoming: Sequence[UIMessage],
     answer: UIMessage | None,
     *,
     regenerate: bool = False,
@@ -68,8 +70,8 @@ def merge_turn(
     """What a conversation holds after a turn.
 
     ``regenerate`` drops the assistant message being regenerated (``regenerated_id``, or the
-    last message if it is an assistant's) and everything after it. Then the request's newest
-    message and the answer are each put in place of the stored message with the same id, or
+    last message if it is an assistant's) and everything after it. Then each of the request's
+    messages, and the answer, takes the place of the stored message with the same id, or is
     appended.
     """
     messages = list(stored)
@@ -79,8 +81,8 @@ def merge_turn(
             del messages[ids.index(regenerated_id) :]
         elif messages and messages[-1].get("role") == "assistant":
             messages.pop()
-    if latest is not None:
-        _upsert(messages, latest)
+    for message in incoming:
+        _upsert(messages, message)
     if answer is not None:
         _upsert(messages, answer)
     return messages
@@ -163,7 +165,7 @@ class ConversationStore:
         self,
         user_id: str,
         chat_id: str,
-        latest: UIMessage | None,
+        incoming: Sequence[UIMessage],
         answer: UIMessage,
         *,
         regenerate: bool = False,
@@ -175,7 +177,7 @@ class ConversationStore:
             row = await session.get(Conversation, (user_id, chat_id), populate_existing=True)
             stored = list(row.messages) if row is not None else []
             messages = merge_turn(
-                stored, latest, answer, regenerate=regenerate, regenerated_id=regenerated_id
+                stored, incoming, answer, regenerate=regenerate, regenerated_id=regenerated_id
             )
             now = utc_now()
             if row is None:
