@@ -8,55 +8,25 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import pytest
 
 from interlock.testing.fake_upstream import Behavior, FakeUpstream, ToolCallReply
+from tests.support.aisdk import SESSIONS, config, session_token
 from tests.support.gateway import RunningGateway, make_settings, serve
 
 JS = Path(__file__).resolve().parents[1] / "js"
-JWT_SECRET = "a-nextauth-style-shared-secret-0123456789abcdef"
 V5_PACKAGES = ["ai", "ai-v5-0"]
 # What the gateway says when the fake provider's stream fails after the answer started.
 MID_STREAM_ERROR = (
     "The model provider is overloaded or failing. Provider said: "
     "The fake upstream failed mid-stream."
 )
-
-
-def session_token(subject: str) -> str:
-    """A browser's session token, as a NextAuth-style front-end would send it."""
-    now = int(time.time())
-    claims = {"sub": subject, "exp": now + 600, "iat": now, "name": "Web User"}
-    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
-
-
-def config(upstream: FakeUpstream, **aisdk: Any) -> dict[str, dict[str, Any]]:
-    return {
-        "models.gpt-fake": {
-            "deployments": [
-                {
-                    "provider": "openai",
-                    "model": "fake-model",
-                    "base_url": upstream.openai_base_url,
-                    "api_key_env": "FAKE_PROVIDER_KEY",
-                    "name": "openai-fake",
-                }
-            ]
-        },
-        "tiers.free": {"models": ["gpt-fake"], "rpm": 100_000},
-        "aisdk": {"default_model": "gpt-fake", **aisdk},
-    }
-
-
-SESSIONS = {"INTERLOCK_JWT_SECRET": JWT_SECRET, "INTERLOCK_JWT_CREATE_USERS": "true"}
 
 
 @pytest.fixture(scope="module")
