@@ -328,3 +328,58 @@ def test_a_full_conversation_takes_no_new_turn(
 def test_api_keys_own_conversations_too(gateway: RunningGateway, upstream: FakeUpstream) -> None:
     turn(gateway, upstream, ADMIN_KEY, "admin-chat", user("From a server"))
     assert get(gateway, "/api/conversations/admin-chat", ADMIN_KEY).status_code == 200
+
+
+def test_an_answer_the_client_abandons_is_not_stored(
+    gateway: RunningGateway, upstream: FakeUpstream, token: str
+) -> None:
+    upstream.push(Behavior(text="one two three four", stall_after=2))
+    body = {"id": "left", "messages": [user("Hello")]}
+    headers = {"authorization": f"Bearer {token}"}
+    with httpx.stream("POST", f"{gateway.url}/api/chat", json=body, headers=headers) as response:
+        assert response.status_code == 200
+        for chunk in response.iter_bytes():
+            if b"text-delta" in chunk:
+                break  # the answer has started: leave
+    upstream.push(Behavior(text="later"))
+    turn(gateway, upstream, token, "other", user("Anything"))  # the gateway has moved on
+    assert get(gateway, "/api/conversations/left", token).status_code == 404
+
+
+def test_client_tool_results_continue_the_assistant_message(
+    gateway: RunningGateway, upstream: FakeUpstream, token: str
+) -> None:
+    question = user("Weather in Oslo?", id="q")
+    asking = {
+        "id": "a-tool",
+        "role": "assistant",
+        "parts": [
+            {"type": "step-start"},
+            {
+                "type": "tool-get_weather",
+                "toolCallId": "call-7",
+                "state": "output-available",
+                "input": {"city": "Oslo"},
+                "output": {"celsius": 3},
+            },
+        ],
+    }
+    chunks = turn(gateway, upstream, token, "tools", question, asking)
+    assert chunks[0] == {"type": "start", "messageId": "a-tool"}
+    [served] = upstream.ledger
+    assert served.body["messages"][1]["tool_calls"][0]["id"] == "call-7"
+    assert served.body["messages"][2] == {
+        "role": "tool",
+        "tool_call_id": "call-7",
+        "content": '{"celsius":3}',
+    }
+    [stored_question, stored_answer] = get(gateway, "/api/conversations/tools", token).json()[
+        "messages"
+    ]
+    assert stored_question == question
+    assert stored_answer["id"] == "a-tool"
+    assert stored_answer["parts"][:2] == asking["parts"]
+    assert stored_answer["parts"][2:] == [
+        {"type": "step-start"},
+        {"type": "text", "text": "An answer", "state": "done"},
+    ]
