@@ -321,8 +321,12 @@ def test_a_full_conversation_takes_no_new_turn(
     assert response.status_code == 413
     assert response.headers["x-interlock-error-code"] == "conversation_too_large"
     assert upstream.ledger == []
-    # a new chat is fine
+    # a new chat is fine, unless what it starts with is already too much
     turn(gateway, upstream, token, "fresh", user("z" * 1500))
+    upstream.reset()
+    too_much = post(gateway, "/api/chat", {"id": "new", "messages": history}, token=token)
+    assert too_much.status_code == 413
+    assert upstream.ledger == []
 
 
 def test_api_keys_own_conversations_too(gateway: RunningGateway, upstream: FakeUpstream) -> None:

@@ -111,12 +111,15 @@ async def _turn(gateway: Components, principal: Principal, body: UIChatBody) -> 
     regenerate = body.trigger == "regenerate-message"
     turn = Turn(principal.user_id, body.id, incoming, regenerate, body.messageId, continued)
     stored = await gateway.conversations.get(turn.user_id, turn.chat_id)
-    if stored is not None:
-        projected = merge_turn(
-            stored.messages, incoming, None, regenerate=regenerate, regenerated_id=body.messageId
-        )
-        if json_size(projected) > gateway.settings.config.aisdk.max_conversation_bytes:
-            raise ConversationTooLarge(param="messages")
+    projected = merge_turn(
+        stored.messages if stored is not None else [],
+        incoming,
+        None,
+        regenerate=regenerate,
+        regenerated_id=body.messageId,
+    )
+    if json_size(projected) > gateway.settings.config.aisdk.max_conversation_bytes:
+        raise ConversationTooLarge(param="messages")
     return turn
 
 
