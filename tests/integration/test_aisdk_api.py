@@ -387,3 +387,23 @@ def test_client_tool_results_continue_the_assistant_message(
         {"type": "step-start"},
         {"type": "text", "text": "An answer", "state": "done"},
     ]
+
+
+def test_an_image_file_part_reaches_the_model(
+    gateway: RunningGateway, upstream: FakeUpstream, token: str
+) -> None:
+    image = "data:image/png;base64,iVBORw0KGgo="
+    message = {
+        "id": "u-img",
+        "role": "user",
+        "parts": [
+            {"type": "file", "mediaType": "image/png", "url": image, "filename": "a.png"},
+            {"type": "text", "text": "What is this?"},
+        ],
+    }
+    turn(gateway, upstream, token, "image-chat", message)
+    [served] = upstream.ledger
+    assert served.body["messages"][0]["content"] == [
+        {"type": "image_url", "image_url": {"url": image}},
+        {"type": "text", "text": "What is this?"},
+    ]

@@ -26,6 +26,7 @@ import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from interlock.api.aisdk_render import (
     FINISH_REASON_SINCE,
@@ -70,6 +71,18 @@ MAX_CHAT_ID = 128
 class StreamCut(Exception):
     """Raised to end a text stream without its last chunk: the text stream protocol has no
     error message, so a failure after the first byte can only be told by cutting it."""
+
+
+class CuttableStreamingResponse(EndingStreamingResponse):
+    """A stream that ``StreamCut`` stops without ending the body: the server then closes the
+    connection and the client sees an incomplete response (the failure itself was logged
+    where it happened, without a traceback)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except StreamCut:
+            return
 
 
 # ---- conversations, on the chat path --------------------------------------------------------
@@ -188,7 +201,7 @@ async def _chat(request: Request, protocol: str) -> Response:
                 media_type=PLAIN_TEXT,
                 headers={**DATA_STREAM_HEADERS, **headers},
             )
-        return EndingStreamingResponse(
+        return CuttableStreamingResponse(
             _text_body(gateway, reply, turn, message_id),
             reply,
             media_type=PLAIN_TEXT,
