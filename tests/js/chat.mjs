@@ -11,6 +11,8 @@
 //   chunks        one request through the transport alone: every chunk as the SDK parsed it
 //                 (validated against the package's own uiMessageChunkSchema), then the message
 //                 readUIMessageStream builds from them
+//   parse         the same for a response body given as `body` (no server): the transport's
+//                 fetch answers with it
 
 const options = JSON.parse(process.argv[2]);
 const ai = await import(options.package ?? "ai");
@@ -104,8 +106,7 @@ async function text() {
   return snapshot(chat, []);
 }
 
-async function chunks() {
-  const transport = new ai.DefaultChatTransport(transportOptions("/api/chat"));
+async function chunks(transport = new ai.DefaultChatTransport(transportOptions("/api/chat"))) {
   const stream = await transport.sendMessages({
     chatId: options.chatId,
     trigger: "submit-message",
@@ -142,6 +143,13 @@ async function chunks() {
   return { chunks: seen, message, failure };
 }
 
-const scenarios = { conversation, error, text, chunks };
+async function parse() {
+  const body = options.body;
+  const fetch = async () =>
+    new Response(body, { headers: { "content-type": "text/event-stream" } });
+  return chunks(new ai.DefaultChatTransport({ api: "http://127.0.0.1/unused", fetch }));
+}
+
+const scenarios = { conversation, error, text, chunks: () => chunks(), parse };
 const result = await scenarios[options.scenario]();
 process.stdout.write(JSON.stringify(result));
