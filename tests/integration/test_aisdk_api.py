@@ -4,6 +4,7 @@ bad request a clear 4xx, and the conversations API scoped to its owner."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -407,3 +408,23 @@ def test_an_image_file_part_reaches_the_model(
         {"type": "image_url", "image_url": {"url": image}},
         {"type": "text", "text": "What is this?"},
     ]
+
+
+def test_every_ai_sdk_request_is_accounted(
+    gateway: RunningGateway, upstream: FakeUpstream, token: str
+) -> None:
+    turn(gateway, upstream, token, "billed", user("Hello"))  # answered: 2 output tokens
+    refused = post(gateway, "/api/chat/v4", {"model": "nope", "messages": []}, token=token)
+    assert refused.status_code == 400
+    upstream.push(Behavior(text="one two three", error_event_after=1))
+    cut = post(gateway, "/api/chat", {"messages": [user("Hi")]}, token=token)
+    assert sse(cut)[-1]["type"] == "error"
+    deadline = time.monotonic() + 15
+    while True:
+        total = get(gateway, "/v1/usage", token).json()["total"]
+        if total["requests"] >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert total["requests"] == 3
+    assert total["errors"] == 1  # the 400; the cut stream had answered 200
+    assert total["output_tokens"] >= 2
