@@ -40,6 +40,7 @@ from interlock.api.body import read_body
 from interlock.api.disconnect import ClientGone, unless_disconnected
 from interlock.api.errors import aisdk_error_response
 from interlock.api.identity_wire import json_response, list_json, query_int
+from interlock.api.inbound import authenticate_call, authenticate_request, cache_directive
 from interlock.api.keys import authenticated
 from interlock.api.streaming import EndingStreamingResponse
 from interlock.auth.authenticator import bearer_token
@@ -172,7 +173,9 @@ async def _chat(request: Request, protocol: str) -> Response:
     gateway = components_of(request)
     call = gateway.pipeline.begin()
     try:
-        principal = await call.authenticate(bearer_token(request.headers.get("authorization")))
+        principal = await authenticate_call(
+            call, request, bearer_token(request.headers.get("authorization"))
+        )
         raw = await read_body(request, gateway.settings.config.server.max_body_bytes)
         turn: Turn | None = None
         if protocol == "data" or (protocol == "text" and is_v4(raw)):
@@ -182,7 +185,8 @@ async def _chat(request: Request, protocol: str) -> Response:
             turn = await _turn(gateway, principal, body)
         # Until the first token nothing is sent, so only ``receive`` tells that the client
         # left: then the attempt is cancelled and the upstream call with it.
-        reply = await unless_disconnected(call.stream(chat), request.receive)
+        cache = cache_directive(request)  # the body has no field for it: the header only
+        reply = await unless_disconnected(call.stream(chat, cache), request.receive)
         headers = call.headers()
         message_id = _message_id(call, turn)
         if protocol == "ui":
@@ -287,9 +291,8 @@ async def text_chat(request: Request) -> Response:
 
 async def resume_stream(request: Request) -> Response:
     """``useChat({resume: true})`` asks on every load; 204 says there is nothing to resume."""
-    gateway = components_of(request)
     try:
-        await gateway.authenticator.authenticate(bearer_token(request.headers.get("authorization")))
+        await authenticate_request(request, bearer_token(request.headers.get("authorization")))
     except InterlockError as error:
         return aisdk_error_response(error)
     return Response(status_code=204)
