@@ -1,7 +1,7 @@
 """Conversations of the AI SDK routes: each user's chats, as UI messages in JSON.
 
 Revision ID: 0006_conversations
-Revises: 0004_user_budgets
+Revises: 0005_jobs
 Create Date: 2025-01-06
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006_conversations"
-down_revision: str | None = "0004_user_budgets"
+down_revision: str | None = "0005_jobs"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
