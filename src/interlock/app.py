@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from interlock.api import admin, anthropic, health, openai, usage
+from interlock.api import admin, aisdk, anthropic, health, openai, usage
 from interlock.api import keys as own_keys
 from interlock.api.errors import anthropic_error_response, openai_error_response
 from interlock.auth.identity import open_identity
@@ -34,6 +34,7 @@ from interlock.limits.rate_limits import RateLimiter
 from interlock.providers.registry import ProviderRegistry
 from interlock.settings import Settings
 from interlock.state import build_state
+from interlock.store.conversations import ConversationStore
 from interlock.store.database import database_for
 from interlock.store.keys import KeyStore
 from interlock.store.migrate import prepare
@@ -139,6 +140,7 @@ async def running(
             budgets=budgets,
             limiter=limiter,
             cache=cache,
+            conversations=ConversationStore(database),
         )
         if announce is not None:
             announce(settings, new_admin_key)
@@ -177,6 +179,7 @@ class InterlockApp:
                 *health.routes,
                 *openai.routes,
                 *anthropic.routes,
+                *aisdk.routes,
                 *usage.routes,
                 *admin.routes,
                 *own_keys.routes,
