@@ -111,6 +111,7 @@ async def running(
             settings.config.models,
             prices,
             over_budget_status=settings.config.budgets.over_budget_status,
+            fail_open=settings.config.budgets.on_state_failure == "open",
         )
         stack.push_async_callback(budgets.aclose)
         limiter = RateLimiter(

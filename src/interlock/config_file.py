@@ -232,6 +232,9 @@ class BudgetsConfig(_Strict):
 
     # 429 (the default: OpenAI's clients back off and retry) or 402 Payment Required.
     over_budget_status: Literal[429, 402] = 429
+    # When the shared state (Redis) cannot answer: refuse with 503 (the default: no spending
+    # goes unchecked) or let requests through unbudgeted.
+    on_state_failure: Literal["closed", "open"] = "closed"
 
 
 class AiSdkConfig(_Strict):
