@@ -85,9 +85,7 @@ def gateway(
 
 def chat(gateway: RunningGateway, model: str, content: str = "Say hello", **extra: Any) -> Any:
     body = {"model": model, "messages": [{"role": "user", "content": content}], **extra}
-    return httpx.post(
-        f"{gateway.url}/v1/chat/completions", json=body, headers=AUTH, timeout=30
-    )
+    return httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=AUTH, timeout=30)
 
 
 def scrape(gateway: RunningGateway, **headers: str) -> httpx.Response:
@@ -111,7 +109,7 @@ def test_requests_latency_tokens_and_cost(gateway: RunningGateway) -> None:
         stream=True,
         stream_options={"include_usage": True},
     )
-    usage = [chunk.usage for chunk in stream if chunk.usage is not None][0]
+    usage = next(chunk.usage for chunk in stream if chunk.usage is not None)
     messages = anthropic.Anthropic(base_url=gateway.url, api_key=ADMIN_KEY, max_retries=0)
     messages.messages.create(
         model="fast", max_tokens=50, messages=[{"role": "user", "content": "hello"}]

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["AttemptTrace", "RequestTrace", "Tracing", "build_tracing"]
 
 TRACER_NAME: Final = "interlock"
-_MAX_MODEL = 200  # a model name from a request body, in an attribute
 # gen_ai.provider.name for each provider kind (the conventions' well-known values).
 _PROVIDER_NAMES: Final = {"openai": "openai", "anthropic": "anthropic", "local": "llama_cpp"}
 _propagator = TraceContextTextMapPropagator()
@@ -97,9 +96,9 @@ class Tracing:
         )
         return RequestTrace(self, span)
 
-    def span_name(self, model: str) -> str:
-        """``chat {model}`` for a configured model; a name from a body stays out of names."""
-        return f"chat {model}" if model in self._models else "chat"
+    def known_model(self, model: str) -> bool:
+        """Is ``model`` a configured public model (and so fit for names and attributes)?"""
+        return model in self._models
 
     def deployment(self, name: str) -> tuple[str, dict[str, str | int]]:
         known = self._deployments.get(name)
@@ -128,8 +127,10 @@ class RequestTrace:
     def requested(self, chat: ChatRequest, streaming: bool) -> None:
         """The request is parsed: its model and parameters (never its messages)."""
         span = self.span
-        span.update_name(self._tracing.span_name(chat.model))
-        span.set_attribute("gen_ai.request.model", chat.model[:_MAX_MODEL])
+        known = self._tracing.known_model(chat.model)
+        span.update_name(f"chat {chat.model}" if known else "chat")
+        # A name from a request body that is not configured could be anything: left out.
+        span.set_attribute("gen_ai.request.model", chat.model if known else "unknown")
         span.set_attribute("interlock.stream", streaming)
         if chat.max_tokens is not None:
             span.set_attribute("gen_ai.request.max_tokens", chat.max_tokens)
