@@ -114,6 +114,14 @@ def test_requests_latency_tokens_and_cost(gateway: RunningGateway) -> None:
     messages.messages.create(
         model="fast", max_tokens=50, messages=[{"role": "user", "content": "hello"}]
     )
+    ui_message = {"id": "m1", "role": "user", "parts": [{"type": "text", "text": "hey"}]}
+    aisdk = httpx.post(
+        f"{gateway.url}/api/chat/text",
+        json={"model": "fast", "messages": [ui_message]},
+        headers=AUTH,
+        timeout=30,
+    )
+    assert aisdk.status_code == 200, aisdk.text
     after = samples_of(gateway)
 
     def delta(name: str, **labels: str) -> float:
@@ -122,6 +130,7 @@ def test_requests_latency_tokens_and_cost(gateway: RunningGateway) -> None:
     ok = {"model": "fast", "deployment": "fast-1", "status": "200"}
     assert delta("interlock_requests_total", route="openai", **ok) == 2
     assert delta("interlock_requests_total", route="anthropic", **ok) == 1
+    assert delta("interlock_requests_total", route="aisdk", **ok) == 1
     duration = "interlock_request_duration_seconds"
     assert delta(f"{duration}_count", route="openai", model="fast") == 2
     assert delta(f"{duration}_bucket", route="openai", model="fast", le="+Inf") == 2
