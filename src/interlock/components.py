@@ -22,8 +22,10 @@ from interlock.store.database import Database
 from interlock.store.keys import KeyStore
 from interlock.store.users import UserStore
 from interlock.telemetry.ledger import UsageLedger
+from interlock.telemetry.metrics import Metrics
 from interlock.telemetry.prices import DeploymentPrices
 from interlock.telemetry.request_ids import RequestIds
+from interlock.telemetry.tracing import Tracing
 
 
 @dataclass(slots=True)
@@ -47,6 +49,8 @@ class Components:
     limiter: RateLimiter  # rate limits per IP, key, user, tier and model
     cache: ResponseCache | None = None  # the response cache; None: none
     request_ids: RequestIds = field(default_factory=RequestIds)
+    metrics: Metrics | None = None  # Prometheus metrics; None: [metrics] enabled = false
+    tracing: Tracing | None = None  # OpenTelemetry spans; None: not configured
     pipeline: ChatPipeline = field(init=False)  # every chat request, whatever its protocol
 
     def __post_init__(self) -> None:
@@ -60,6 +64,8 @@ class Components:
             prices=self.prices,
             request_ids=self.request_ids,
             cache=self.cache,
+            metrics=self.metrics,
+            tracing=self.tracing,
         )
 
 
