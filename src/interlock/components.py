@@ -17,12 +17,15 @@ from interlock.providers.registry import ProviderRegistry
 from interlock.routing.router import Router
 from interlock.settings import Settings
 from interlock.state import SharedState
+from interlock.store.conversations import ConversationStore
 from interlock.store.database import Database
 from interlock.store.keys import KeyStore
 from interlock.store.users import UserStore
 from interlock.telemetry.ledger import UsageLedger
+from interlock.telemetry.metrics import Metrics
 from interlock.telemetry.prices import DeploymentPrices
 from interlock.telemetry.request_ids import RequestIds
+from interlock.telemetry.tracing import Tracing
 
 
 @dataclass(slots=True)
@@ -42,9 +45,12 @@ class Components:
     users: UserStore
     tiers: Tiers  # the configured tiers, as scopes
     budgets: Budgets  # spend budgets per key and per user
+    conversations: ConversationStore  # the AI SDK routes' stored chats
     limiter: RateLimiter  # rate limits per IP, key, user, tier and model
     cache: ResponseCache | None = None  # the response cache; None: none
     request_ids: RequestIds = field(default_factory=RequestIds)
+    metrics: Metrics | None = None  # Prometheus metrics; None: [metrics] enabled = false
+    tracing: Tracing | None = None  # OpenTelemetry spans; None: not configured
     pipeline: ChatPipeline = field(init=False)  # every chat request, whatever its protocol
 
     def __post_init__(self) -> None:
@@ -58,6 +64,8 @@ class Components:
             prices=self.prices,
             request_ids=self.request_ids,
             cache=self.cache,
+            metrics=self.metrics,
+            tracing=self.tracing,
         )
 
 

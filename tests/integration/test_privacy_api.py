@@ -223,7 +223,11 @@ def test_a_member_erases_their_account_with_confirmation(gateway: RunningGateway
     assert call(gateway, "GET", "/v1/models", bob_key).status_code == 200
     [entry] = audit(gateway)
     assert (entry.actor, entry.subject) == (f"user:{ada}", ada)
-    assert entry.details == {"keys_deleted": 1, "usage_rows_anonymised": 1}
+    assert entry.details == {
+        "keys_deleted": 1,
+        "conversations_deleted": 0,
+        "usage_rows_anonymised": 1,
+    }
     assert "ada@x.org" not in json.dumps(entry.details)
 
 

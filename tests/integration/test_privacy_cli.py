@@ -52,7 +52,9 @@ def test_export_then_open_with_the_passphrase(env: dict[str, str], tmp_path: Pat
     )
     # plain progress lines outside a terminal, then what was exported
     assert "exporting usage (0 rows)..." in out
-    assert out.strip().endswith(f"exported user {ada} to {sealed} (1 profile, 1 keys, 0 usage)")
+    assert out.strip().endswith(
+        f"exported user {ada} to {sealed} (1 profile, 1 keys, 0 conversations, 0 usage)"
+    )
     assert stat.S_IMODE(sealed.stat().st_mode) == 0o600
     assert b"ada@example.com" not in sealed.read_bytes()
 
@@ -138,7 +140,7 @@ def test_delete_erases_once_and_says_so_again(env: dict[str, str], tmp_path: Pat
     )
     out = ok(env, "users", "delete", ada, "--yes")
     assert out.startswith(f"user {ada} erased at ")
-    assert "keys deleted: 1, usage rows anonymised: 0" in out
+    assert "keys deleted: 1, conversations deleted: 0, usage rows anonymised: 0" in out
     assert ada not in ok(env, "users", "list")
     again = ok(env, "users", "delete", ada, "--yes")
     assert again.startswith(f"user {ada} was already erased at ")

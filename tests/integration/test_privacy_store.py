@@ -20,10 +20,11 @@ from interlock.errors import InvalidRequest, NotFound
 from interlock.privacy.erasure import ERASED, erase_user
 from interlock.privacy.export import sealed_export
 from interlock.privacy.sealed import ScryptParams, open_export, passphrase_key
+from interlock.store.conversations import ConversationStore
 from interlock.store.database import Database
 from interlock.store.keys import KeyStore
 from interlock.store.migrate import prepare
-from interlock.store.models import ApiKey, AuditEntry, UsageRow, User
+from interlock.store.models import ApiKey, AuditEntry, Conversation, UsageRow, User
 from interlock.store.users import UserStore
 from tests.fixtures.databases import backend_fixture, database_url_fixture  # noqa: F401
 from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
@@ -81,11 +82,15 @@ async def add_usage(db: Database, rows: list[dict[str, Any]]) -> None:
 
 async def twins(db: Database) -> tuple[dict[str, str], dict[str, str]]:
     """Two users with look-alike data: names, keys and usage rows."""
-    users, keys = UserStore(db), KeyStore(db, SECRET)
+    users, keys, chats = UserStore(db), KeyStore(db, SECRET), ConversationStore(db)
     made = []
     for name in ("Ada Lovelace", "Ada Byron"):
         user = await users.create(name, email=f"{name.split()[1].lower()}@example.com")
         row, _plaintext = await keys.create_key(user.id, name="laptop")
+        # the same chat id for both: a chat id is unique per user only
+        question = {"id": "m1", "role": "user", "parts": [{"type": "text", "text": f"I am {name}"}]}
+        answer = {"id": "m2", "role": "assistant", "parts": [{"type": "text", "text": "Hello"}]}
+        await chats.save_turn(user.id, "chat-1", [question], answer)
         await add_usage(db, [usage_row(f"{user.id[:8]}-{n}", user.id, row.id, n) for n in range(3)])
         made.append({"id": user.id, "key": row.id, "name": name})
     return made[0], made[1]
@@ -98,9 +103,8 @@ async def export_of(db: Database, user_id: str) -> dict[str, Any]:
     trailer = open_export(io.BytesIO(sealed), out, passphrase=PASSPHRASE)
     document: dict[str, Any] = json.loads(out.getvalue())
     assert trailer.user_id == user_id
-    assert trailer.counts == {name: len(document[name]) for name in ("keys", "usage")} | {
-        "profile": 1
-    }
+    sections = ("keys", "conversations", "usage")
+    assert trailer.counts == {name: len(document[name]) for name in sections} | {"profile": 1}
     return document
 
 
@@ -118,6 +122,9 @@ async def test_an_export_holds_the_users_data_and_nothing_of_anyone_else(db: Dat
     [key] = document["keys"]
     assert (key["id"], key["name"]) == (ada["key"], "laptop")
     assert "key_hash" not in key and key["short_id"].startswith("il_")
+    [chat] = document["conversations"]
+    assert (chat["id"], chat["message_count"]) == ("chat-1", 2)
+    assert chat["messages"][0]["parts"][0]["text"] == "I am Ada Lovelace"
     assert [row["request_id"] for row in document["usage"]] == [
         f"{ada['id'][:8]}-{n}" for n in range(3)
     ]
@@ -154,7 +161,7 @@ async def test_100k_usage_rows_are_exported_in_bounded_memory(db: Database) -> N
     async for piece in sealed_export(db, user.id, key, counts=counts):
         sealed_bytes += len(piece)  # sent on at once, as the HTTP route does
         peak = max(peak, resident_bytes())
-    assert counts == {"profile": 1, "keys": 0, "usage": total}
+    assert counts == {"profile": 1, "keys": 0, "conversations": 0, "usage": total}
     # The document is ~37 MB of JSON; the rows read at once take ~115 MB more here.
     assert peak - before < 30 * 1024 * 1024, f"grew by {(peak - before) / 1e6:.1f} MB"
     assert sealed_bytes > 100_000
@@ -163,11 +170,17 @@ async def test_100k_usage_rows_are_exported_in_bounded_memory(db: Database) -> N
 async def test_erasure_removes_the_user_and_keeps_anonymous_totals(db: Database) -> None:
     ada, byron = await twins(db)
     erasure = await erase_user(db, ada["id"], actor="cli:test@host", now=T0)
-    assert erasure.counts == {"keys_deleted": 1, "usage_rows_anonymised": 3}
+    assert erasure.counts == {
+        "keys_deleted": 1,
+        "conversations_deleted": 1,
+        "usage_rows_anonymised": 3,
+    }
     assert not erasure.already
     async with db.engine.connect() as conn:
         assert await conn.scalar(select(User.id).where(User.id == ada["id"])) is None
         assert await conn.scalar(select(ApiKey.id).where(ApiKey.user_id == ada["id"])) is None
+        owners = await conn.scalars(select(Conversation.user_id))
+        assert list(owners) == [byron["id"]]
         anonymous = (
             await conn.execute(
                 select(UsageRow.user_id, UsageRow.key_id, UsageRow.cost).where(
@@ -188,7 +201,7 @@ async def test_erasure_removes_the_user_and_keeps_anonymous_totals(db: Database)
         [entry] = (await conn.execute(select(AuditEntry))).all()
     assert (entry.actor, entry.action, entry.subject) == ("cli:test@host", "user.erased", ada["id"])
     assert entry.at == T0
-    assert entry.details == {"keys_deleted": 1, "usage_rows_anonymised": 3}
+    assert entry.details == erasure.counts
     assert "Lovelace" not in json.dumps(entry.details) and "lovelace" not in entry.actor
 
 
@@ -246,3 +259,7 @@ async def test_a_failed_step_changes_nothing(db: Database, monkeypatch: pytest.M
             == 3
         )
         assert await conn.scalar(select(func.count()).select_from(AuditEntry)) == 0
+        assert (
+            await conn.scalar(select(Conversation.id).where(Conversation.user_id == ada["id"]))
+            == "chat-1"
+        )

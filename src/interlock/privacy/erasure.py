@@ -3,8 +3,9 @@
 One transaction, taken in turn with every other change of users (``USERS_LOCK_ID``):
 
 1. refuse if the user is the last active admin (``last_admin``);
-2. each step of ``STEPS``: delete the user's keys; anonymise their usage rows (``user_id``
-   becomes ``"erased"``, ``key_id`` NULL: the bill's totals stay right, nobody is named);
+2. each step of ``STEPS``: delete the user's keys and conversations; anonymise their usage
+   rows (``user_id`` becomes ``"erased"``, ``key_id`` NULL: the bill's totals stay right,
+   nobody is named);
 3. delete the user's row;
 4. add an ``audit_log`` row: who asked, when, and how many rows each step touched — never
    the erased name, email or content.
@@ -29,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from interlock.errors import InvalidRequest, NotFound
 from interlock.store.database import Database, begin_exclusive
-from interlock.store.models import ApiKey, AuditEntry, UsageRow, User, new_id
+from interlock.store.models import ApiKey, AuditEntry, Conversation, UsageRow, User, new_id
 from interlock.store.users import USERS_LOCK_ID
 
 ERASED = "erased"  # the user_id of anonymised usage rows
@@ -50,9 +51,14 @@ async def anonymise_usage(conn: AsyncConnection, user_id: str) -> int:
     return int(result.rowcount)
 
 
-# Conversations join here (a delete of the user's rows) when their table exists.
+async def delete_conversations(conn: AsyncConnection, user_id: str) -> int:
+    result = await conn.execute(delete(Conversation).where(Conversation.user_id == user_id))
+    return int(result.rowcount)
+
+
 STEPS: tuple[tuple[str, Step], ...] = (
     ("keys_deleted", delete_keys),
+    ("conversations_deleted", delete_conversations),
     ("usage_rows_anonymised", anonymise_usage),
 )
 

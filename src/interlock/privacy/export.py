@@ -3,6 +3,7 @@
     {"format": "interlock-export", "version": 1, "exported_at": "…", "user_id": "…",
      "profile": {…},
      "keys": [{…}, …],
+     "conversations": [{…, "messages": [UIMessage, …]}, …],
      "usage": [{…}, …]}
 
 Every section is read in one transaction (``REPEATABLE READ`` on PostgreSQL, the WAL
@@ -10,7 +11,8 @@ snapshot on SQLite), so the document is one consistent view. Rows come from the 
 through a server-side cursor, ``BATCH`` at a time, and leave as JSON at once: memory stays
 the same whether a user has ten usage rows or ten million. A section is one entry of
 ``SECTIONS``: a name and a function of the connection and the user id that yields rows (or
-one object). Keys are metadata only: a key's hash never leaves the database.
+one object). Keys are metadata only: a key's hash never leaves the database. Conversations
+(the AI SDK chats) are large rows: they are read a few at a time and sent one by one.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from interlock.backup.progress import Progress, Silent
 from interlock.errors import NotFound
 from interlock.privacy.sealed import Sealer, SealingKey
 from interlock.store.database import Database
-from interlock.store.models import ApiKey, UsageRow, User
+from interlock.store.models import ApiKey, Conversation, UsageRow, User
 from interlock.store.users import USER_COLUMNS
 
 FORMAT = "interlock-export"
@@ -47,12 +49,13 @@ class Section:
     rows: Rows
     count: Count | None = None  # rows to come, for progress; None: not counted
     single: bool = False
+    batch: int = BATCH  # rows sent on at once (fewer for large rows)
 
 
 async def _stream(
-    conn: AsyncConnection, query: Select[Any, *tuple[Any, ...]]
+    conn: AsyncConnection, query: Select[Any, *tuple[Any, ...]], batch: int = BATCH
 ) -> AsyncIterator[dict[str, Any]]:
-    result = await conn.stream(query.execution_options(yield_per=BATCH))
+    result = await conn.stream(query.execution_options(yield_per=batch))
     names = tuple(result.keys())
     async for partition in result.partitions():
         for row in partition:
@@ -114,10 +117,36 @@ async def count_keys(conn: AsyncConnection, user_id: str) -> int:
     return int(await conn.scalar(query) or 0)
 
 
-# Conversations join here as one more section when their table exists.
+CONVERSATION_BATCH = 8  # a conversation may hold up to [aisdk] max_conversation_bytes
+
+
+async def conversations(conn: AsyncConnection, user_id: str) -> AsyncIterator[dict[str, Any]]:
+    query = (
+        select(
+            Conversation.id,
+            Conversation.title,
+            Conversation.created_at,
+            Conversation.updated_at,
+            Conversation.message_count,
+            Conversation.size_bytes,
+            Conversation.messages,
+        )
+        .where(Conversation.user_id == user_id)
+        .order_by(Conversation.created_at, Conversation.id)
+    )
+    async for row in _stream(conn, query, CONVERSATION_BATCH):
+        yield row
+
+
+async def count_conversations(conn: AsyncConnection, user_id: str) -> int:
+    query = select(func.count()).select_from(Conversation).where(Conversation.user_id == user_id)
+    return int(await conn.scalar(query) or 0)
+
+
 SECTIONS: tuple[Section, ...] = (
     Section("profile", profile, single=True),
     Section("keys", keys, count_keys),
+    Section("conversations", conversations, count_conversations, batch=1),
     Section("usage", usage, count_usage),
 )
 
@@ -171,7 +200,7 @@ async def document(
                     batch.append((b"\n" if not counts[section.name] else b",\n") + _encode(row))
                     counts[section.name] += 1
                     pending += 1
-                    if pending >= BATCH:
+                    if pending >= section.batch:
                         yield b"".join(batch)
                         progress.advance(pending)
                         batch, pending = [], 0

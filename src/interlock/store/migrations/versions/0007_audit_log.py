@@ -1,7 +1,7 @@
 """The audit log: erasures of users' data, who asked and what was removed (counts only).
 
-Revision ID: 0006_audit_log
-Revises: 0005_jobs
+Revision ID: 0007_audit_log
+Revises: 0006_conversations
 Create Date: 2026-11-27
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006_audit_log"
-down_revision: str | None = "0005_jobs"
+revision: str = "0007_audit_log"
+down_revision: str | None = "0006_conversations"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
