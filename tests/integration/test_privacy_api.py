@@ -19,7 +19,7 @@ from sqlalchemy import select
 from interlock.privacy.sealed import open_export
 from interlock.store.database import Database
 from interlock.store.models import AuditEntry, UsageRow
-from interlock.testing.fake_upstream import FakeUpstream
+from interlock.testing.fake_upstream import Behavior, FakeUpstream
 from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
 from tests.support.gateway import ADMIN_KEY, RunningGateway, make_settings, serve
 
@@ -51,6 +51,7 @@ def gateway(
             ]
         },
         "tiers.free": {"models": ["gpt-fake"], "rpm": 100_000},
+        "aisdk": {"default_model": "gpt-fake"},
     }
     with serve(make_settings(tmp_path, config, env)) as running:
         yield running
@@ -86,6 +87,19 @@ def chat(gateway: RunningGateway, key: str) -> None:
     client.chat.completions.create(
         model="gpt-fake", messages=[{"role": "user", "content": "Say hello"}], temperature=0
     )
+
+
+def ui_chat(gateway: RunningGateway, upstream: FakeUpstream, key: str, text: str) -> None:
+    """One AI SDK turn in the chat "chat-1", stored as the caller's conversation."""
+    upstream.push(Behavior(text="An answer"))
+    message = {"id": "m1", "role": "user", "parts": [{"type": "text", "text": text}]}
+    response = httpx.post(
+        f"{gateway.url}/api/chat",
+        json={"id": "chat-1", "messages": [message]},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
 
 
 def download(gateway: RunningGateway, path: str, key: str, passphrase: str = PASSPHRASE) -> Any:
@@ -139,19 +153,27 @@ def usage_of(gateway: RunningGateway, request_user: str) -> list[Any]:
     return asyncio.run(read())
 
 
-def test_a_member_exports_their_own_data_and_nobody_elses(gateway: RunningGateway) -> None:
+def test_a_member_exports_their_own_data_and_nobody_elses(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
     ada, ada_key = member(gateway, "ada")
     bob, bob_key = member(gateway, "bob")
     chat(gateway, ada_key)
     chat(gateway, bob_key)
+    ui_chat(gateway, upstream, ada_key, "Ada's own question")
+    ui_chat(gateway, upstream, bob_key, "Bob's own question")
 
     document = download(gateway, "/v1/me/export", ada_key)
     assert document["user_id"] == ada
     assert document["profile"]["email"] == "ada@x.org"
     [key] = document["keys"]
     assert key["name"] == "laptop" and "key_hash" not in key
-    [row] = document["usage"]  # the chat a moment ago: the ledger was flushed first
-    assert (row["model"], row["status"]) == ("gpt-fake", 200)
+    [chat_row, _ui_row] = document["usage"]  # the ledger was flushed first
+    assert (chat_row["model"], chat_row["status"]) == ("gpt-fake", 200)
+    [conversation] = document["conversations"]
+    assert conversation["id"] == "chat-1"
+    assert conversation["messages"][0]["parts"][0]["text"] == "Ada's own question"
+    assert conversation["messages"][1]["role"] == "assistant"
     text = json.dumps(document)
     assert bob not in text and "bob@x.org" not in text
 
@@ -193,11 +215,15 @@ def test_export_refusals_are_clear(gateway: RunningGateway) -> None:
         assert error["message"] == "No user with this id."
 
 
-def test_a_member_erases_their_account_with_confirmation(gateway: RunningGateway) -> None:
+def test_a_member_erases_their_account_with_confirmation(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
     ada, ada_key = member(gateway, "ada")
     bob, bob_key = member(gateway, "bob")
     chat(gateway, ada_key)
     chat(gateway, bob_key)
+    ui_chat(gateway, upstream, ada_key, "Ada's own question")
+    ui_chat(gateway, upstream, bob_key, "Bob's own question")
 
     error = error_of(call(gateway, "DELETE", "/v1/me", ada_key), 400)
     assert (error["code"], error["param"]) == ("confirmation_required", "confirm")
@@ -211,22 +237,26 @@ def test_a_member_erases_their_account_with_confirmation(gateway: RunningGateway
     assert erased.status_code == 200, erased.text
     summary = erased.json()
     assert summary["user_id"] == ada and not summary["already_erased"]
-    assert (summary["keys_deleted"], summary["usage_rows_anonymised"]) == (1, 1)
+    counts = (summary["keys_deleted"], summary["conversations_deleted"])
+    assert counts == (1, 1)
+    assert summary["usage_rows_anonymised"] == 2
     assert summary["cache_forgotten"] is True
 
     # the key is gone at once, the user too, and nothing of bob changed
     error_of(call(gateway, "GET", "/v1/models", ada_key), 401)
     error_of(call(gateway, "GET", f"/admin/users/{ada}", ADMIN_KEY), 404)
     assert usage_of(gateway, ada) == []
-    assert len(usage_of(gateway, "erased")) == 1
-    assert len(usage_of(gateway, bob)) == 1
+    assert len(usage_of(gateway, "erased")) == 2
+    assert len(usage_of(gateway, bob)) == 2
     assert call(gateway, "GET", "/v1/models", bob_key).status_code == 200
+    kept = call(gateway, "GET", "/api/conversations/chat-1", bob_key).json()
+    assert kept["messages"][0]["parts"][0]["text"] == "Bob's own question"
     [entry] = audit(gateway)
     assert (entry.actor, entry.subject) == (f"user:{ada}", ada)
     assert entry.details == {
         "keys_deleted": 1,
-        "conversations_deleted": 0,
-        "usage_rows_anonymised": 1,
+        "conversations_deleted": 1,
+        "usage_rows_anonymised": 2,
     }
     assert "ada@x.org" not in json.dumps(entry.details)
 
