@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +292,50 @@ def test_an_admin_erases_a_user_once_and_never_the_last_admin(gateway: RunningGa
     assert error["code"] == "last_admin"
     assert call(gateway, "GET", "/v1/models", ADMIN_KEY).status_code == 200
     assert call(gateway, "GET", "/v1/models", carol_key).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_exports_at_once_are_bounded_and_their_slots_come_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each export holds a database connection while it streams: a third one at once is
+    told to come back (429), and a slot is free again once a download ends."""
+    from interlock.api import privacy as privacy_api
+    from interlock.app import create_app
+
+    release, all_streaming = asyncio.Event(), asyncio.Event()
+    streaming = 0
+
+    async def slow_export(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
+        nonlocal streaming
+        streaming += 1
+        if streaming == privacy_api.MAX_CONCURRENT_EXPORTS:
+            all_streaming.set()
+        yield b"ILEXPORT"
+        await release.wait()
+        yield b"...the rest"
+
+    monkeypatch.setattr(privacy_api, "sealed_export", slow_export)
+    app = create_app(make_settings(tmp_path), announce=None)
+    body = {"passphrase": PASSPHRASE}
+    headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+    async with (
+        app.started(),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gateway", timeout=30
+        ) as client,
+    ):
+        downloads = [
+            asyncio.create_task(client.post("/v1/me/export", json=body, headers=headers))
+            for _ in range(privacy_api.MAX_CONCURRENT_EXPORTS)
+        ]
+        await asyncio.wait_for(all_streaming.wait(), 30)
+        busy = await client.post("/v1/me/export", json=body, headers=headers)
+        assert busy.status_code == 429, busy.text
+        assert busy.json()["error"]["code"] == "export_busy"
+        assert busy.headers["retry-after"] == "5"
+        release.set()
+        for download in downloads:
+            assert (await download).content == b"ILEXPORT...the rest"
+        again = await client.post("/v1/me/export", json=body, headers=headers)
+        assert again.status_code == 200

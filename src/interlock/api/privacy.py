@@ -15,6 +15,7 @@ truncated, never one that passes for whole.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -23,6 +24,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from interlock.api.admin import require_admin, user_not_found
 from interlock.api.body import read_body
@@ -30,7 +32,7 @@ from interlock.api.identity_wire import json_response
 from interlock.api.keys import authenticated, path_id
 from interlock.auth.principal import Principal
 from interlock.components import Components
-from interlock.errors import InvalidRequest, NotFound
+from interlock.errors import InvalidRequest, NotFound, RateLimited
 from interlock.privacy.erasure import erase_user
 from interlock.privacy.export import sealed_export
 from interlock.privacy.sealed import SUFFIX, check_passphrase, passphrase_key
@@ -39,6 +41,9 @@ from interlock.state import StateUnavailable
 log = structlog.get_logger("interlock.privacy")
 
 CONFIRM_SELF = "delete my account"
+# Exports at once per instance: each holds a database connection for as long as it streams,
+# and derives its key with scrypt (32 MiB): a few must never starve the chat requests.
+MAX_CONCURRENT_EXPORTS = 2
 
 
 class ExportBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -66,6 +71,37 @@ async def decode_body(request: Request, body_type: type[B]) -> B:
         raise InvalidRequest("The body is not valid JSON.", code="invalid_json") from None
 
 
+def _export_slots(request: Request) -> asyncio.Semaphore:
+    """The app's export slots (made on first use: one set per app, not per process)."""
+    state = request.app.state
+    slots: asyncio.Semaphore | None = getattr(state, "export_slots", None)
+    if slots is None:
+        slots = state.export_slots = asyncio.Semaphore(MAX_CONCURRENT_EXPORTS)
+    return slots
+
+
+class _ExportResponse(StreamingResponse):
+    """The download; its export slot is given back however the response ends (sent whole,
+    cut by the client, or never started)."""
+
+    def __init__(self, pieces: AsyncIterator[bytes], slots: asyncio.Semaphore, filename: str):
+        super().__init__(
+            pieces,
+            media_type="application/octet-stream",
+            headers={
+                "content-disposition": f'attachment; filename="{filename}"',
+                "cache-control": "no-store",
+            },
+        )
+        self._slots = slots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slots.release()
+
+
 async def _existing(gateway: Components, user_id: str) -> str:
     if await gateway.users.get(user_id) is None:
         raise NotFound("No user with this id.")
@@ -79,19 +115,24 @@ async def _export(request: Request, gateway: Components, user_id: str) -> Respon
     except ValueError as exc:
         raise InvalidRequest(str(exc).capitalize() + ".", param="passphrase") from None
     await _existing(gateway, user_id)
-    key = await asyncio.to_thread(passphrase_key, passphrase)  # scrypt: off the event loop
-    await gateway.ledger.flush()  # this instance's latest requests are in the export too
+    slots = _export_slots(request)
+    if slots.locked():
+        raise RateLimited(
+            "Too many exports are running on this server: try again in a few seconds.",
+            code="export_busy",
+            retry_after=5,
+        )
+    await slots.acquire()
+    try:
+        key = await asyncio.to_thread(passphrase_key, passphrase)  # scrypt: off the event loop
+        await gateway.ledger.flush()  # this instance's latest requests are in the export too
+    except BaseException:
+        slots.release()
+        raise
     now = datetime.now(UTC)
     log.info("user_export_started", user_id=user_id)
     filename = f"interlock-export-{user_id}-{now:%Y%m%dT%H%M%SZ}{SUFFIX}"
-    return StreamingResponse(
-        sealed_export(gateway.database, user_id, key, now=now),
-        media_type="application/octet-stream",
-        headers={
-            "content-disposition": f'attachment; filename="{filename}"',
-            "cache-control": "no-store",
-        },
-    )
+    return _ExportResponse(sealed_export(gateway.database, user_id, key, now=now), slots, filename)
 
 
 async def _erase(gateway: Components, user_id: str, actor: str) -> Response:
