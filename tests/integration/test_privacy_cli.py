@@ -4,6 +4,7 @@ their exit status, nothing left behind by a failure."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 from collections.abc import Iterator
@@ -13,8 +14,13 @@ from typing import Any
 import pytest
 import structlog
 
+from interlock.cache.key import Tenant
+from interlock.cache.store import EntryStore
+from interlock.state import build_state
 from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
+from tests.fixtures.redis import redis_server_fixture, redis_url_fixture  # noqa: F401
 from tests.support.cli import command_env, failed, ok
+from tests.support.gateway import free_port
 
 PASSPHRASE = "a long enough passphrase"
 
@@ -153,3 +159,36 @@ def test_the_last_admin_is_not_deleted(env: dict[str, str]) -> None:
         "error: This is the last active admin: make another user an admin first."
     )
     assert root in ok(env, "users", "list")
+
+
+@pytest.fixture
+def sqlite_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    return command_env(request, tmp_path, database="sqlite")
+
+
+def test_delete_orphans_the_users_cached_answers_in_redis(
+    sqlite_env: dict[str, str], redis_url: str
+) -> None:
+    env = {**sqlite_env, "REDIS_URL": redis_url}
+    ada = new_user(env, "Ada")
+
+    async def tenant() -> Tenant:
+        state = build_state(redis_url)
+        try:
+            return await EntryStore(state.kv, max_entry_bytes=1024).current(Tenant("user", ada))
+        finally:
+            await state.aclose()
+
+    assert asyncio.run(tenant()) == Tenant("user", ada)
+    ok(env, "users", "delete", ada, "--yes")
+    orphaned = asyncio.run(tenant())
+    assert orphaned.id.startswith(f"{ada}~")
+
+
+def test_delete_with_redis_down_says_to_run_it_again(sqlite_env: dict[str, str]) -> None:
+    env = {**sqlite_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    ada = new_user(env, "Ada")
+    line = failed(env, 1, "users", "delete", ada, "--yes")
+    assert line.startswith(f"error: user {ada} was erased, but the shared cache could not be ")
+    assert line.endswith(": run this command again")
+    assert ada not in ok(env, "users", "list")

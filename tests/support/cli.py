@@ -13,10 +13,15 @@ from tests.support.gateway import SECRET
 
 
 def command_env(
-    request: pytest.FixtureRequest, tmp_path: Path, config: str = "", **extra: str
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    config: str = "",
+    *,
+    database: str | None = None,
+    **extra: str,
 ) -> dict[str, str]:
-    """The environment of a command on ``request.param``'s database ("sqlite" or
-    "postgresql", from the postgres fixtures), with ``config`` as its interlock.toml."""
+    """The environment of a command on ``database`` (default: ``request.param``), "sqlite"
+    or "postgresql" (from the postgres fixtures), with ``config`` as its interlock.toml."""
     (tmp_path / "interlock.toml").write_text(config)
     values = {
         "INTERLOCK_DATA_DIR": str(tmp_path / "data"),
@@ -28,7 +33,7 @@ def command_env(
         "REDIS_URL": "",
         **extra,
     }
-    if request.param == "postgresql":
+    if (database or request.param) == "postgresql":
         values["DATABASE_URL"] = request.getfixturevalue("postgres_url")
     return values
 
