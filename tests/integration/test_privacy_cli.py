@@ -192,3 +192,24 @@ def test_delete_with_redis_down_says_to_run_it_again(sqlite_env: dict[str, str])
     assert line.startswith(f"error: user {ada} was erased, but the shared cache could not be ")
     assert line.endswith(": run this command again")
     assert ada not in ok(env, "users", "list")
+
+
+def test_the_audit_log_lists_erasures_without_personal_data(env: dict[str, str]) -> None:
+    assert ok(env, "audit", "list").strip() == "No audit log entries."
+    ada = new_user(env, "Ada Lovelace", "--email", "ada@example.com")
+    bob = new_user(env, "Bob", "--email", "bob@example.com")
+    ok(env, "users", "delete", ada, "--yes")
+    ok(env, "users", "delete", bob, "--yes")
+    entries = json.loads(ok(env, "audit", "list", "--format", "json"))
+    assert [entry["subject"] for entry in entries] == [bob, ada]  # newest first
+    assert {entry["action"] for entry in entries} == {"user.erased"}
+    assert all(entry["actor"].startswith("cli:") for entry in entries)
+    assert entries[1]["details"] == {
+        "keys_deleted": 1,
+        "conversations_deleted": 0,
+        "usage_rows_anonymised": 0,
+    }
+    table = ok(env, "audit", "list", "--user", ada)
+    assert f"user.erased {ada} by cli:" in table and bob not in table
+    assert "Lovelace" not in table + json.dumps(entries) and "example.com" not in table
+    assert failed(env, 1, "audit", "list", "--user", "nope") == "error: no user with this id"

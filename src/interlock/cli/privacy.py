@@ -24,7 +24,7 @@ import typer
 from interlock.cli.backup import EXIT_ARCHIVE, progress_display
 from interlock.cli.runtime import EXIT_CONFIG, EXIT_FAILED, ConfigOption, fail, run_async
 from interlock.cli.runtime import settings_or_exit as _settings
-from interlock.cli.users import check_id
+from interlock.cli.users import FormatOption, OutputFormat, check_id
 
 if TYPE_CHECKING:
     from interlock.privacy.sealed import SealingKey
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from interlock.store.database import Database
 
 app = typer.Typer(help="Read a user's data export: decrypt and check it.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log: erasures of users' data.", no_args_is_help=True)
 
 PassphraseEnvOption = Annotated[
     str | None,
@@ -259,3 +260,50 @@ def open_export_file(
         f"wrote {target}: the data of user {trailer.user_id} exported at "
         f"{trailer.exported_at} ({described}), checked"
     )
+
+
+@audit_app.command("list")
+def audit_list(
+    user_id: Annotated[
+        str | None, typer.Option("--user", help="Only the entries about this user id.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")] = 100,
+    output: FormatOption = OutputFormat.table,
+    config: ConfigOption = None,
+) -> None:
+    """The latest audit log entries, newest first: when, who, what, about whom, counts."""
+    import json
+
+    from interlock.store.audit import recent
+
+    settings = _settings(config_path=config)
+    if user_id is not None:
+        check_id(user_id, "user")
+
+    async def run() -> list[Any]:
+        async with _database(settings) as database:
+            return list(await recent(database, subject=user_id, limit=limit))
+
+    entries = run_async(run)
+    if output is OutputFormat.json:
+        rows = [
+            {
+                "id": entry.id,
+                "at": entry.at.isoformat(),
+                "actor": entry.actor,
+                "action": entry.action,
+                "subject": entry.subject,
+                "details": entry.details,
+            }
+            for entry in entries
+        ]
+        typer.echo(json.dumps(rows))
+        return
+    if not entries:
+        typer.echo("No audit log entries.")
+    for entry in entries:
+        details = ", ".join(f"{name}={value}" for name, value in (entry.details or {}).items())
+        typer.echo(
+            f"{entry.at:%Y-%m-%d %H:%M:%S} {entry.action} {entry.subject} by {entry.actor}"
+            + (f" ({details})" if details else "")
+        )
