@@ -13,6 +13,7 @@ from interlock.chat.pipeline import ChatPipeline
 from interlock.chat.service import ChatService
 from interlock.limits.budgets import Budgets
 from interlock.limits.rate_limits import RateLimiter
+from interlock.providers.probes import DeploymentProbes
 from interlock.providers.registry import ProviderRegistry
 from interlock.routing.router import Router
 from interlock.settings import Settings
@@ -20,9 +21,11 @@ from interlock.state import SharedState
 from interlock.store.database import Database
 from interlock.store.keys import KeyStore
 from interlock.store.users import UserStore
+from interlock.telemetry.chat_observer import ChatObserver
 from interlock.telemetry.ledger import UsageLedger
 from interlock.telemetry.prices import DeploymentPrices
 from interlock.telemetry.request_ids import RequestIds
+from interlock.telemetry.sentry import NO_REPORTER, Reporter
 
 
 @dataclass(slots=True)
@@ -45,6 +48,8 @@ class Components:
     limiter: RateLimiter  # rate limits per IP, key, user, tier and model
     cache: ResponseCache | None = None  # the response cache; None: none
     request_ids: RequestIds = field(default_factory=RequestIds)
+    reporter: Reporter = NO_REPORTER  # Sentry, when SENTRY_DSN is set
+    probes: DeploymentProbes | None = None  # reachability of the deployments, for readiness
     pipeline: ChatPipeline = field(init=False)  # every chat request, whatever its protocol
 
     def __post_init__(self) -> None:
@@ -58,6 +63,7 @@ class Components:
             prices=self.prices,
             request_ids=self.request_ids,
             cache=self.cache,
+            observer=ChatObserver(self.reporter, self.settings.config.logging.prompt_log_users),
         )
 
 

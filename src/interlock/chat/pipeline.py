@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import structlog
@@ -46,15 +46,21 @@ from interlock.cache import (
 from interlock.cache.recorder import result_events
 from interlock.chat.service import ChatService
 from interlock.chat.stream import ChatStream, ServedBy, collect
-from interlock.chat.types import ChatRequest, ChatResult, Event, Usage
+from interlock.chat.types import ChatRequest, ChatResult, Event, TextDelta, Usage
 from interlock.errors import AuthenticationFailed, InterlockError, InternalError, InvalidRequest
 from interlock.limits.budgets import Budgets, Reservation
 from interlock.limits.quota import NO_QUOTAS, Quotas
 from interlock.limits.rate_limits import Admission, RateLimiter, RateLimitExceeded
 from interlock.settings import ServerConfig
+from interlock.telemetry.chat_observer import ChatObserver
 from interlock.telemetry.prices import DeploymentPrices
 from interlock.telemetry.request_ids import RequestIds
-from interlock.telemetry.usage_record import CLIENT_CLOSED_REQUEST, UsageSink, record_usage
+from interlock.telemetry.usage_record import (
+    CLIENT_CLOSED_REQUEST,
+    UsageRecord,
+    UsageSink,
+    record_usage,
+)
 
 log = structlog.get_logger("interlock.chat.pipeline")
 
@@ -72,10 +78,14 @@ class ChatPipeline:
     prices: DeploymentPrices
     request_ids: RequestIds
     cache: ResponseCache | None = None  # None: no response cache
+    # The access line, error reports and the opt-in prompt log (interlock.telemetry).
+    observer: ChatObserver = field(default_factory=ChatObserver)
 
     def begin(self) -> ChatCall:
         """A new request: its id and its clock start now."""
-        return ChatCall(self, self.request_ids.next(), time.perf_counter())
+        request_id = self.request_ids.next()
+        self.observer.began(request_id)
+        return ChatCall(self, request_id, time.perf_counter())
 
     async def authenticate(
         self,
@@ -118,6 +128,7 @@ class ChatCall:
         "_pipeline",
         "_quotas",
         "_reservation",
+        "_transcript",
         "chat",
         "principal",
         "request_id",
@@ -140,6 +151,7 @@ class ChatCall:
         self._quotas: Quotas = NO_QUOTAS  # the x-ratelimit-* values known so far
         self._cache: CacheDecision | None = None  # None until the cache was asked
         self._accounted = False
+        self._transcript: list[str] | None = None  # the answer, for the opt-in prompt log
 
     async def authenticate(
         self,
@@ -201,6 +213,8 @@ class ChatCall:
             if not stored:
                 with anyio.CancelScope(shield=True):
                     await decision.abandon()
+        if self._transcript is not None:
+            self._transcript.append(result.text)
         self._account(status=200, usage=result.usage)
         return result
 
@@ -241,7 +255,7 @@ class ChatCall:
         """The request ended with ``error`` before any answer was sent."""
         if isinstance(error, RateLimitExceeded):
             self._quotas = error.quotas
-        self._account(status=error.status, error=error.code)
+        self._account(status=error.status, error=error.code, failure=error)
 
     def client_left(self) -> None:
         """The client went away before the answer started."""
@@ -254,6 +268,10 @@ class ChatCall:
         if principal is None:
             raise RuntimeError("authenticate before asking for an answer")
         self.chat = chat
+        observer = self._pipeline.observer
+        observer.asked(self.request_id, chat, self.streaming)
+        if observer.logs_prompts_of(principal):
+            self._transcript = []
         server = self._pipeline.server
         if len(chat.messages) > server.max_messages:
             raise InvalidRequest(
@@ -284,13 +302,62 @@ class ChatCall:
         first_token_at: float | None = None,
         error: str | None = None,
         partial: bool = False,
+        failure: InterlockError | None = None,
     ) -> None:
         """Record the request's usage once and settle its budget hold at the real cost and
-        its rate-limit admission with the real tokens; accounting never fails a request."""
-        principal = self.principal
-        if self._accounted or principal is None:
+        its rate-limit admission with the real tokens; accounting never fails a request.
+        Then its access line and error report (``ChatObserver.ended``)."""
+        if self._accounted:
             return
         self._accounted = True
+        record = None
+        try:
+            record = self._settle(
+                status=status,
+                usage=usage,
+                output_chars=output_chars,
+                first_token_at=first_token_at,
+                error=error,
+                partial=partial,
+            )
+        finally:
+            self._observe(status, failure or error, record)
+
+    def _observe(
+        self, status: int, error: InterlockError | str | None, record: UsageRecord | None
+    ) -> None:
+        served = self.served
+        try:
+            self._pipeline.observer.ended(
+                request_id=self.request_id,
+                principal=self.principal,
+                chat=self.chat,
+                record=record,
+                status=status,
+                error=error,
+                started=self.started,
+                model=served.model,
+                deployment=served.deployment,
+                attempts=served.attempts,
+                cache=(self._cache.status if self._cache else CacheStatus.BYPASS).value,
+                answer="".join(self._transcript) if self._transcript is not None else None,
+            )
+        except Exception:
+            log.exception("request_not_logged", request_id=self.request_id)
+
+    def _settle(
+        self,
+        *,
+        status: int,
+        usage: Usage | None,
+        output_chars: int,
+        first_token_at: float | None,
+        error: str | None,
+        partial: bool,
+    ) -> UsageRecord | None:
+        principal = self.principal
+        if principal is None:  # no usage row for an unauthenticated caller
+            return None
         pipeline = self._pipeline
         chat = self.chat
         admission = self._admission
@@ -313,15 +380,17 @@ class ChatCall:
                 partial=partial,
                 cache_hit=self._cache is not None and self._cache.hit,
             )
-        except Exception:
+        except Exception as exc:
             log.exception("usage_not_recorded", request_id=self.request_id)
+            pipeline.observer.crashed(exc, request_id=self.request_id)
             if admission is not None:  # its slot is freed; its tokens stay charged
                 pipeline.limiter.settle_soon(admission, admission.reserved)
-            return  # the hold stays charged: never less than the real cost
+            return None  # the hold stays charged: never less than the real cost
         if admission is not None:
             pipeline.limiter.settle_soon(admission, record.input_tokens + record.output_tokens)
         if self._reservation is not None:
             pipeline.budgets.settle_soon(self._reservation, record.cost)
+        return record
 
 
 class Reply:
@@ -334,7 +403,7 @@ class Reply:
     failure, or one abandoned by the client.
     """
 
-    __slots__ = ("_cache", "_call", "_ended", "_failure", "first_token_at", "stream")
+    __slots__ = ("_cache", "_call", "_ended", "_error", "_failure", "first_token_at", "stream")
 
     def __init__(
         self, call: ChatCall, stream: ChatStream, first_token_at: float, cache: CacheDecision
@@ -344,21 +413,30 @@ class Reply:
         self.first_token_at = first_token_at
         self._cache = cache
         self._failure: str | None = None
+        self._error: InterlockError | None = None
         self._ended = False
 
     async def events(self) -> AsyncIterator[Event]:
-        admission = self._call._admission
+        call = self._call
+        admission = call._admission
+        transcript = call._transcript
         try:
             async for event in self._cache.tee(self.stream.events()):
                 if admission is not None and admission.renew_due():
                     # a long answer keeps its concurrency slot past the lease
-                    await self._call._pipeline.limiter.renew(admission)
+                    await call._pipeline.limiter.renew(admission)
+                if transcript is not None and isinstance(event, TextDelta):
+                    transcript.append(event.text)
                 yield event
         except InterlockError as error:
-            self._failure = error.code
+            self._failure, self._error = error.code, error
             raise
         except Exception as exc:
-            log.exception("stream_failed", request_id=self._call.request_id)
+            log.exception("stream_failed", request_id=call.request_id)
+            served = self.stream.served
+            call._pipeline.observer.crashed(
+                exc, request_id=call.request_id, model=served.model, deployment=served.deployment
+            )
             self._failure = InternalError.code
             raise InternalError() from exc
 
@@ -384,6 +462,7 @@ class Reply:
             first_token_at=self.first_token_at,
             error=failure,
             partial=partial,
+            failure=self._error,
         )
         with anyio.CancelScope(shield=True):  # stored only once delivered whole
             if partial:

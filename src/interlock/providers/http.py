@@ -25,6 +25,7 @@ from interlock.providers.classify import (
     classify_transport,
 )
 from interlock.providers.sse import DEFAULT_MAX_BYTES, SSEEvent, SSEParser
+from interlock.telemetry.request_ids import outbound_headers
 
 ERROR_BODY_LIMIT = 64 * 1024
 """How much of an error reply is read to classify it."""
@@ -125,13 +126,14 @@ async def open_event_stream(
     Raises ``UpstreamError``s only. Leaving the block releases the response: normally the
     connection returns to the pool; on an error, ``aclose`` or cancellation the connection
     is closed at once, so the upstream sees the disconnect and stops generating.
-    ``secret`` is masked out of any provider message used in an error.
+    ``secret`` is masked out of any provider message used in an error. The current
+    request's id goes with the request as ``x-request-id``.
     """
     try:
         response = await session.post(
             url,
             data=body,
-            headers=headers,
+            headers=outbound_headers(headers),
             timeout=request_timeout(timeouts),
             allow_redirects=False,
         )
