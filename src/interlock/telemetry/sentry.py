@@ -11,7 +11,7 @@
   limit) and one when it ends (status, timing, token counts, cache result) — never content.
 
 Each HTTP request runs in its own Sentry isolation scope (``request_scope``), so breadcrumbs
-never mix between requests. ``send_default_pii`` is off, and ``before_send`` /
+never mix between requests. ``send_default_pii`` stays off (the SDK's default), and ``before_send`` /
 ``before_breadcrumb`` scrub every string of an event of anything that looks like a
 credential (``interlock.redaction``).
 """
@@ -148,7 +148,8 @@ def sentry_reporting(
         environment=settings.environment,
         release=release,
         traces_sample_rate=settings.traces_sample_rate,
-        send_default_pii=False,
+        # send_default_pii is left unset: False, and the SDK's own event scrubber stays on
+        # (passing it at all is deprecated in favour of data_collection since 2.5x).
         include_local_variables=False,  # a frame's locals may hold a prompt or a key
         max_request_body_size="never",
         max_breadcrumbs=_MAX_BREADCRUMBS,
