@@ -229,9 +229,7 @@ def client(gateway: RunningGateway) -> Iterator[openai.OpenAI]:
 
 
 def admin_key_id(gateway: RunningGateway) -> str:
-    response = httpx.get(
-        f"{gateway.url}/v1/keys", headers={"authorization": f"Bearer {ADMIN_KEY}"}
-    )
+    response = httpx.get(f"{gateway.url}/v1/keys", headers={"authorization": f"Bearer {ADMIN_KEY}"})
     assert response.status_code == 200, response.text
     ids: list[str] = [key["id"] for key in response.json()["data"]]
     return ids[0]
@@ -392,7 +390,8 @@ def test_upstream_failures_go_to_sentry_with_tags_and_breadcrumbs(
     assert event["environment"] == "test"
     tags = event["tags"]
     assert (tags["model"], tags["deployment"]) == ("flaky", "flaky-gpt")
-    assert (tags["error_code"], tags["error_class"]) == ("upstream_overloaded", "UpstreamOverloaded")
+    assert tags["error_code"] == "upstream_overloaded"
+    assert tags["error_class"] == "UpstreamOverloaded"
     crumbs = {crumb["category"]: crumb for crumb in event["breadcrumbs"]["values"]}
     assert crumbs["ai.request"]["data"]["messages"] == 1
     assert crumbs["ai.request"]["data"]["input_chars"] == len("Say hello twice")

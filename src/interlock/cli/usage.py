@@ -161,8 +161,10 @@ def _print_table(
         return
     table = Table(title=f"Usage by {by}, {where.start} to {where.end} (UTC)", show_footer=True)
     table.add_column(by, footer="total", no_wrap=True)
-    headers = ("requests", "input tokens", "output tokens", "cached", f"cost ({_currency()})")
-    headers += ("cache hits", "errors", "p50 ms", "p95 ms")
+    headers = (
+        *("requests", "input tokens", "output tokens", "cached", f"cost ({_currency()})"),
+        *("cache hits", "errors", "p50 ms", "p95 ms"),
+    )
     for header, footer in zip(headers, _cells(total), strict=True):
         table.add_column(header, footer=footer, justify="right", no_wrap=True)
     for group in groups:

@@ -11,9 +11,9 @@
   limit) and one when it ends (status, timing, token counts, cache result) — never content.
 
 Each HTTP request runs in its own Sentry isolation scope (``request_scope``), so breadcrumbs
-never mix between requests. ``send_default_pii`` stays off (the SDK's default), and ``before_send`` /
-``before_breadcrumb`` scrub every string of an event of anything that looks like a
-credential (``interlock.redaction``).
+never mix between requests. ``send_default_pii`` stays off (the SDK's default), and
+``before_send`` / ``before_breadcrumb`` scrub every string of an event of anything that looks
+like a credential (``interlock.redaction``).
 """
 
 from __future__ import annotations
