@@ -15,7 +15,7 @@ import binascii
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -192,13 +192,14 @@ class Settings:
     redis_url: str | None  # None: shared state lives in this process
     config_path: Path | None
     config: FileConfig
-    secret: str | None  # INTERLOCK_SECRET; when None, the data dir keeps a generated one
-    admin_key: str | None
+    # Never in a repr (a log line or a traceback may show one): secrets, and the environment.
+    secret: str | None = field(repr=False)  # INTERLOCK_SECRET; None: the data dir keeps one
+    admin_key: str | None = field(repr=False)
     insecure_no_auth: bool
     jwt: JwtSettings | None  # None: no browser sessions, API keys only
     log_level: str
     log_format: Literal["json", "console"]
-    environ: Mapping[str, str]  # for api_key_env look-ups, kept as read once
+    environ: Mapping[str, str] = field(repr=False)  # for api_key_env look-ups, read once
     backup: BackupSecrets = BackupSecrets()
     sentry: SentrySettings | None = None  # None: errors are not reported to Sentry
 
