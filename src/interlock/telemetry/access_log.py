@@ -4,8 +4,9 @@ Chat requests write theirs where the pipeline accounts for them (``ChatObserver.
 with the model, deployment, tokens, cost, cache result and attempts. Every other route
 (admin, keys, usage, models, health) gets its line from ``AccessLog``, a pure ASGI
 middleware around the app: method, route, status, latency, the caller's ids when the route
-authenticated one, and the request id the route returned in ``x-request-id``. Health probes
-are logged at debug level only.
+authenticated one, and the request id the route returned in ``x-request-id`` (a route that
+returns none gets one here, so every response has one). Health probes are logged at debug
+level only.
 
 Fields are ids and numbers, never a key, token, cookie, header or message content.
 """
@@ -22,10 +23,11 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from interlock.telemetry.logging import ACCESS_LOGGER
-from interlock.telemetry.request_ids import REQUEST_ID_HEADER
+from interlock.telemetry.request_ids import REQUEST_ID_HEADER, RequestIds
 from interlock.telemetry.sentry import NO_REPORTER, Reporter
 
 _HEALTH_PREFIX = "/health/"
+_HEADER = REQUEST_ID_HEADER.encode()
 _MAX_PATH = 200
 
 
@@ -64,6 +66,7 @@ class AccessLog:
     def __init__(self, app: ASGIApp, reporter: Callable[[], Reporter] = lambda: NO_REPORTER):
         self._app = app
         self._reporter = reporter
+        self._ids = RequestIds()  # for the routes that do not make their own
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,10 +83,15 @@ class AccessLog:
             nonlocal status, request_id
             if message["type"] == "http.response.start":
                 status = message["status"]
-                for name, value in message.get("headers", ()):
-                    if name == REQUEST_ID_HEADER.encode():
+                headers = list(message.get("headers", ()))
+                for name, value in headers:
+                    if name == _HEADER:
                         request_id = value.decode("latin-1")
                         break
+                else:  # every response carries a request id
+                    request_id = self._ids.next()
+                    headers.append((_HEADER, request_id.encode()))
+                    message = {**message, "headers": headers}
             await send(message)
 
         try:

@@ -107,5 +107,6 @@ def configure_logging(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(out),
-        cache_logger_on_first_use=False,
+        # A captured stream is a test's: it may configure again, and loggers must follow.
+        cache_logger_on_first_use=stream is None,
     )
