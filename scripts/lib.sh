@@ -51,3 +51,15 @@ ensure_python_env() {
   say "installing interlock (the first time compiles llama.cpp: several minutes on 2 cores)"
   (cd "$ROOT" && CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$VENV/bin/pip" install -q -e "$target")
 }
+
+# `npm ci` in the given folder when its node_modules is missing or was installed from another
+# package-lock.json (a copy of the lock it was installed from is kept inside node_modules).
+ensure_node_packages() {
+  local dir="$1"
+  if [ -d "$dir/node_modules" ] && cmp -s "$dir/package-lock.json" "$dir/node_modules/.installed-lock"; then
+    return 0
+  fi
+  say "installing the npm packages of $dir"
+  npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
+  cp "$dir/package-lock.json" "$dir/node_modules/.installed-lock"
+}

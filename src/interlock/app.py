@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from interlock import __version__
-from interlock.api import admin, anthropic, health, openai, usage
+from interlock.api import admin, aisdk, anthropic, health, openai, usage
 from interlock.api import keys as own_keys
 from interlock.api.errors import anthropic_error_response, openai_error_response
 from interlock.auth.identity import open_identity
@@ -36,6 +36,7 @@ from interlock.providers.probes import running_probes
 from interlock.providers.registry import ProviderRegistry
 from interlock.settings import Settings
 from interlock.state import build_state
+from interlock.store.conversations import ConversationStore
 from interlock.store.database import database_for
 from interlock.store.keys import KeyStore
 from interlock.store.migrate import prepare
@@ -147,6 +148,7 @@ async def running(
             cache=cache,
             reporter=reporter,
             probes=probes,
+            conversations=ConversationStore(database),
         )
         if announce is not None:
             announce(settings, new_admin_key)
@@ -186,6 +188,7 @@ class InterlockApp:
                 *health.routes,
                 *openai.routes,
                 *anthropic.routes,
+                *aisdk.routes,
                 *usage.routes,
                 *admin.routes,
                 *own_keys.routes,

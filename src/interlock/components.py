@@ -18,6 +18,7 @@ from interlock.providers.registry import ProviderRegistry
 from interlock.routing.router import Router
 from interlock.settings import Settings
 from interlock.state import SharedState
+from interlock.store.conversations import ConversationStore
 from interlock.store.database import Database
 from interlock.store.keys import KeyStore
 from interlock.store.users import UserStore
@@ -45,6 +46,7 @@ class Components:
     users: UserStore
     tiers: Tiers  # the configured tiers, as scopes
     budgets: Budgets  # spend budgets per key and per user
+    conversations: ConversationStore  # the AI SDK routes' stored chats
     limiter: RateLimiter  # rate limits per IP, key, user, tier and model
     cache: ResponseCache | None = None  # the response cache; None: none
     request_ids: RequestIds = field(default_factory=RequestIds)

@@ -234,6 +234,18 @@ class BudgetsConfig(_Strict):
     over_budget_status: Literal[429, 402] = 429
 
 
+class AiSdkConfig(_Strict):
+    """``[aisdk]``: the Vercel AI SDK routes (``/api/chat``) and their conversations."""
+
+    # The model when the body names none (``useChat`` sends only what the app adds).
+    default_model: str | None = Field(default=None, min_length=1, max_length=256)
+    # The oldest ``ai`` package that reads ``/api/chat``: fields newer clients accept are sent
+    # only when this one accepts them too (clients before 5.0.217 reject unknown fields).
+    client_version: str = Field(default="5.0.0", pattern=r"^\d+\.\d+\.\d+$")
+    # A conversation whose stored messages reach this size takes no new turns (413).
+    max_conversation_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+
+
 # ---- routing and resilience: [routing] ----------------------------------------------------
 
 
@@ -543,6 +555,7 @@ class FileConfig(_Strict):
     backup: BackupConfig = BackupConfig()
     logging: LoggingConfig = LoggingConfig()
     health: HealthConfig = HealthConfig()
+    aisdk: AiSdkConfig = AiSdkConfig()
 
     @field_validator("tiers", mode="after")
     @classmethod

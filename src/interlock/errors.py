@@ -12,6 +12,7 @@ own error shape (see ``interlock.api.errors``); nothing else builds error bodies
     ├── NotFound                        404     not_found
     │   └── ModelNotFound               404     model_not_found
     ├── BodyTooLarge                    413     request_too_large
+    │   └── ConversationTooLarge        413     conversation_too_large
     ├── RateLimited                     429     rate_limit_exceeded
     │   └── BudgetExceeded              429     budget_exceeded (or 402, [budgets])
     ├── ServiceUnavailable              503     service_unavailable (nothing can serve now)
@@ -100,6 +101,11 @@ class BodyTooLarge(InterlockError):
     status = 413
     code = "request_too_large"
     message = "The request body is too large."
+
+
+class ConversationTooLarge(BodyTooLarge):
+    code = "conversation_too_large"
+    message = "This conversation is too long to continue: start a new one."
 
 
 class RateLimited(InterlockError):

@@ -244,3 +244,70 @@ def test_identical_requests_at_the_same_time_make_one_upstream_call(
         assert response.json()["choices"][0]["message"]["content"] == "A slow but single answer"
     for response in responses[::2]:  # the streaming ones end properly
         assert response.text.endswith("data: [DONE]\n\n")
+
+
+def new_member_key(gateway: RunningGateway) -> str:
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    user = httpx.post(
+        f"{gateway.url}/admin/users", json={"name": "other", "tier": "enterprise"}, headers=admin
+    )
+    assert user.status_code == 201, user.text
+    key = httpx.post(f"{gateway.url}/admin/users/{user.json()['id']}/keys", json={}, headers=admin)
+    assert key.status_code == 201, key.text
+    secret: str = key.json()["key"]
+    return secret
+
+
+def test_the_same_prompt_from_another_tenant_misses(
+    client: openai.OpenAI, gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    messages = ask("Tell me the secret plan")
+    first = client.chat.completions.with_raw_response.create(
+        model="gpt-fake", messages=messages, temperature=0
+    )
+    assert first.headers["x-interlock-cache"] == "miss"
+    key = new_member_key(gateway)
+    with openai.OpenAI(base_url=gateway.openai_base_url, api_key=key, max_retries=0) as other:
+        theirs = other.chat.completions.with_raw_response.create(
+            model="gpt-fake", messages=messages, temperature=0
+        )
+        assert theirs.headers["x-interlock-cache"] == "miss"  # never another user's answer
+        again = other.chat.completions.with_raw_response.create(
+            model="gpt-fake", messages=messages, temperature=0
+        )
+        assert again.headers["x-interlock-cache"] == "hit"  # their own, from now on
+    assert len(upstream.ledger) == 2
+
+
+def test_an_answer_cached_through_one_protocol_is_replayed_in_another(
+    client: openai.OpenAI, gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    import anthropic
+
+    messages = ask("Which protocol am I?")
+    fresh = client.chat.completions.with_raw_response.create(
+        model="gpt-fake", messages=messages, temperature=0, max_tokens=200
+    )
+    assert fresh.headers["x-interlock-cache"] == "miss"
+    text = fresh.parse().choices[0].message.content
+    with anthropic.Anthropic(
+        base_url=gateway.url,
+        api_key=ADMIN_KEY,
+        max_retries=0,
+        default_headers={"anthropic-version": "2023-06-01"},
+    ) as claude:
+        # The current SDK has no temperature parameter: API version 2023-06-01 still takes it.
+        deterministic = {"temperature": 0}
+        raw = claude.messages.with_raw_response.create(
+            model="gpt-fake", messages=messages, max_tokens=200, extra_body=deterministic
+        )
+        assert raw.headers["x-interlock-cache"] == "hit"
+        message = raw.parse()
+        assert message.content[0].type == "text" and message.content[0].text == text
+        assert message.stop_reason == "end_turn"
+        with claude.messages.stream(
+            model="gpt-fake", messages=messages, max_tokens=200, extra_body=deterministic
+        ) as stream:
+            streamed = stream.get_final_message()
+        assert streamed.content[0].type == "text" and streamed.content[0].text == text
+    assert len(upstream.ledger) == 1

@@ -766,3 +766,87 @@ async def test_closing_the_stream_early_disconnects_the_upstream(
     served = await disconnected(upstream)
     assert not served.completed
     assert served.chunks_sent < 200
+
+
+# ---- whole replies: a non-streaming caller's request is sent with "stream": false -------------
+
+
+async def whole(provider: AnthropicProvider, request: ChatRequest | None = None) -> list[Event]:
+    return [event async for event in provider.stream(request or ask(), FAST, whole=True)]
+
+
+@pytest.mark.anyio
+async def test_a_whole_reply_gives_the_same_events_as_the_stream(
+    provider: AnthropicProvider, upstream: FakeUpstream
+) -> None:
+    streamed = await collect(provider, ask("Say hello", max_tokens=50))
+    events = await whole(provider, ask("Say hello", max_tokens=50))
+    assert events[0] == TextDelta("".join(e.text for e in streamed if isinstance(e, TextDelta)))
+    assert events[1:] == [e for e in streamed if not isinstance(e, TextDelta)]
+    served = upstream.ledger[-1]
+    assert served.body["stream"] is False
+    assert served.headers["accept"] == "application/json"
+
+
+@pytest.mark.anyio
+async def test_a_whole_tool_use_reply(provider: AnthropicProvider, upstream: FakeUpstream) -> None:
+    upstream.push(Behavior(tool_call=ToolCallReply("get_weather", '{"city": "Oslo"}')))
+    events = await whole(provider)
+    [call] = [event for event in events if isinstance(event, ToolCallDelta)]
+    assert (call.index, call.name) == (0, "get_weather")
+    assert msgspec.json.decode(call.arguments) == {"city": "Oslo"}
+    assert events[-1].reason == "tool_calls"  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_a_whole_reply_error_status_is_classified(
+    provider: AnthropicProvider, upstream: FakeUpstream
+) -> None:
+    upstream.push(Behavior(status=529))
+    with pytest.raises(UpstreamOverloaded):
+        await whole(provider)
+
+
+def test_a_whole_reply_with_thinking_cache_and_stop_sequence() -> None:
+    from interlock.providers.anthropic import decode_message
+
+    reply = msgspec.json.encode(
+        {
+            "type": "message",
+            "content": [
+                {"type": "thinking", "thinking": "hmm", "signature": "x"},
+                {"type": "text", "text": "Hello"},
+                {"type": "tool_use", "id": "t1", "name": "f", "input": {}},
+            ],
+            "stop_reason": "stop_sequence",
+            "stop_sequence": "END",
+            "usage": {
+                "input_tokens": 5,
+                "output_tokens": 2,
+                "cache_read_input_tokens": 10,
+                "cache_creation_input_tokens": 1,
+            },
+        }
+    )
+    assert decode_message(reply) == [
+        ReasoningDelta("hmm"),
+        TextDelta("Hello"),
+        ToolCallDelta(0, "t1", "f", "{}"),
+        Usage(input_tokens=16, output_tokens=2, cached_tokens=10),
+        Finish("stop", "END"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b'{"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}',
+        b"[1, 2",
+        b'{"type": "message"}',
+    ],
+)
+def test_whole_replies_that_report_or_are_failures(reply: bytes) -> None:
+    from interlock.providers.anthropic import decode_message
+
+    with pytest.raises(UpstreamError):
+        decode_message(reply)

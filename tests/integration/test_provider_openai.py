@@ -682,3 +682,136 @@ async def test_the_connection_is_reused_after_a_complete_stream(upstream: FakeUp
         await collect(provider)
         await collect(provider)
     assert (len(created), len(reused)) == (1, 1)
+
+
+# ---- whole replies: a non-streaming caller's request is sent with "stream": false -------------
+
+
+async def whole(provider: OpenAIProvider, request: ChatRequest | None = None) -> list[Event]:
+    return [event async for event in provider.stream(request or ask(), FAST, whole=True)]
+
+
+@pytest.mark.anyio
+async def test_a_whole_reply_gives_the_same_events_as_the_stream(
+    provider: OpenAIProvider, upstream: FakeUpstream
+) -> None:
+    events = await whole(provider, ask("Say hello", max_tokens=50))
+    assert events == [
+        TextDelta(default_text(5)),
+        Usage(input_tokens=3, output_tokens=5, cached_tokens=0),
+        Finish("stop"),
+    ]
+    [served] = upstream.ledger
+    assert served.body["stream"] is False and "stream_options" not in served.body
+    assert served.headers["accept"] == "application/json"
+    assert served.completed
+
+
+@pytest.mark.anyio
+async def test_a_whole_tool_call_reply(provider: OpenAIProvider, upstream: FakeUpstream) -> None:
+    arguments = '{"city": "Oslo"}'
+    upstream.push(Behavior(tool_call=ToolCallReply("get_weather", arguments)))
+    events = await whole(provider)
+    [call] = [event for event in events if isinstance(event, ToolCallDelta)]
+    assert (call.index, call.name, call.arguments) == (0, "get_weather", arguments)
+    assert call.id
+    assert events[-1] == Finish("tool_calls")
+
+
+@pytest.mark.anyio
+async def test_a_whole_reply_without_usage_or_with_length(
+    provider: OpenAIProvider, upstream: FakeUpstream
+) -> None:
+    upstream.push(Behavior(include_usage=False))
+    events = await whole(provider, ask(max_tokens=2))
+    assert events == [TextDelta(default_text(2)), Finish("length")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(401, UpstreamAuthFailed), (400, UpstreamRejected), (429, UpstreamRateLimited)],
+)
+async def test_whole_reply_error_statuses(
+    provider: OpenAIProvider, upstream: FakeUpstream, status: int, expected: type[UpstreamError]
+) -> None:
+    upstream.push(Behavior(status=status, retry_after=2 if status == 429 else None))
+    with pytest.raises(expected) as caught:
+        await whole(provider)
+    assert KEY not in caught.value.message
+    if status == 429:
+        assert caught.value.retry_after == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (b'{"error": {"message": "overloaded", "type": "server_error"}}', UpstreamError),
+        (b'{"object": "error", "message": "bad", "type": "BadRequestError", "code": 400}', None),
+        (b"not json", UpstreamProtocolError),
+        (b'{"choices": []}', UpstreamProtocolError),
+    ],
+)
+def test_whole_replies_that_report_or_are_failures(
+    reply: bytes, expected: type[UpstreamError] | None
+) -> None:
+    from interlock.providers.openai import decode_completion
+
+    with pytest.raises(expected or UpstreamError):
+        decode_completion(reply)
+
+
+def test_a_whole_reply_with_reasoning_and_two_tool_calls() -> None:
+    from interlock.providers.openai import decode_completion
+
+    reply = msgspec.json.encode(
+        {
+            "choices": [
+                {
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "reasoning_content": "thinking",
+                        "tool_calls": [
+                            {"id": "a", "function": {"name": "f", "arguments": "{}"}},
+                            {"id": "b", "function": {"name": "g", "arguments": '{"x":1}'}},
+                        ],
+                    },
+                    "finish_reason": "tool_calls",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 9,
+                "completion_tokens": 4,
+                "prompt_tokens_details": {"cached_tokens": 3},
+            },
+        }
+    )
+    assert decode_completion(reply) == [
+        ReasoningDelta("thinking"),
+        ToolCallDelta(0, "a", "f", "{}"),
+        ToolCallDelta(1, "b", "g", '{"x":1}'),
+        Usage(input_tokens=9, output_tokens=4, cached_tokens=3),
+        Finish("tool_calls"),
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_whole_reply_over_the_size_limit_is_refused(
+    upstream: FakeUpstream, session: aiohttp.ClientSession
+) -> None:
+    provider = provider_for(upstream.openai_base_url, session, max_reply_bytes=1000)
+    upstream.push(Behavior(tokens=2000))
+    with pytest.raises(UpstreamProtocolError, match="too large"):
+        await whole(provider)
+
+
+@pytest.mark.anyio
+async def test_closing_a_whole_reply_early_disconnects_the_upstream(
+    provider: OpenAIProvider, upstream: FakeUpstream
+) -> None:
+    upstream.push(Behavior(never_answer=True))
+    with anyio.move_on_after(0.3):
+        await whole(provider)
+    served = await disconnected(upstream)
+    assert served.client_disconnected

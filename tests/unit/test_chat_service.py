@@ -57,10 +57,14 @@ class ScriptedProvider:
         self.scripts = scripts
         self.calls = 0
         self.closed = 0
+        self.whole: list[bool] = []  # what each call asked for
 
-    async def stream(self, request: ChatRequest, timeouts: Timeouts) -> AsyncGenerator[Event, None]:
+    async def stream(
+        self, request: ChatRequest, timeouts: Timeouts, *, whole: bool = False
+    ) -> AsyncGenerator[Event, None]:
         script = self.scripts[min(self.calls, len(self.scripts) - 1)]
         self.calls += 1
+        self.whole.append(whole)
         try:
             for step in script:
                 if isinstance(step, Exception):
@@ -203,6 +207,51 @@ async def test_first_token_timeout_does_not_cut_a_long_non_streaming_answer() ->
     result, served = await chat.complete(REQUEST)
     assert result.text == "Hi you"
     assert served.attempts == 1
+
+
+async def test_a_non_streaming_answer_is_asked_for_whole_and_a_stream_is_not() -> None:
+    provider = ScriptedProvider(OK)
+    chat = build(Providers(a=provider))
+    result, _ = await chat.complete(REQUEST)
+    stream = await chat.open(REQUEST)
+    await stream.aclose()
+    assert result.text == "Hi you"
+    assert provider.whole == [True, False]
+
+
+async def test_a_whole_reply_is_not_cut_by_the_first_token_timeout() -> None:
+    # Nothing comes before a whole reply is ready: only the total timeout applies.
+    late = ScriptedProvider([0.1, *OK])
+    chat = build(Providers(a=late), first_token=0.02)
+    result, served = await chat.complete(REQUEST)
+    assert (result.text, served.attempts) == ("Hi you", 1)
+
+
+async def test_a_whole_reply_that_never_comes_falls_over_at_the_total_timeout() -> None:
+    hung = ScriptedProvider([5.0, *OK])
+    deployment = {"a": {"timeouts": {"total": 0.1}}}
+    chat = build(Providers(a=hung, b=ScriptedProvider(OK)), deployment=deployment)
+    result, served = await chat.complete(REQUEST)
+    assert (result.text, served.deployment, served.attempts) == ("Hi you", "b", 2)
+    assert hung.closed == 1
+
+
+async def test_a_long_whole_reply_keeps_its_concurrency_slot() -> None:
+    state = MemoryState()
+    slow = ScriptedProvider([0.25, *OK])
+    chat = build(
+        Providers(a=slow),
+        routing=RoutingConfig(retry=RetryConfig(max_retries=0), slot_lease=0.1),
+        # Short streaming timeouts make a short lease: a whole reply outlasts it.
+        deployment={"a": {"max_concurrent": 1, "timeouts": {"first_token": 0.02, "idle": 0.02}}},
+        state=state,
+    )
+    first = asyncio.ensure_future(chat.complete(REQUEST))
+    await asyncio.sleep(0.2)  # past the lease: only renewals keep the slot held
+    with pytest.raises(ServiceUnavailable):
+        await chat.complete(REQUEST)
+    result, _ = await first
+    assert result.text == "Hi you"
 
 
 async def test_the_total_timeout_ends_a_committed_stream_and_its_upstream_call() -> None:

@@ -95,3 +95,18 @@ def anthropic_error_response(
         media_type="application/json",
         headers={**retry_after_header(error), **extra, **(headers or {})},
     )
+
+
+def aisdk_error_response(error: InterlockError, headers: dict[str, str] | None = None) -> Response:
+    """An error before an AI SDK stream starts: ``useChat`` shows the body text as the error
+    message verbatim, so the body is the message alone; the code is in a header."""
+    return Response(
+        error.message,
+        status_code=error.status,
+        media_type="text/plain",
+        headers={
+            "x-interlock-error-code": error.code,
+            **retry_after_header(error),
+            **(headers or {}),
+        },
+    )

@@ -53,6 +53,7 @@ from interlock.errors import (
 )
 from interlock.providers.base import Provider, Timeouts
 from interlock.routing.balancer import Balancer
+from interlock.routing.capacity import Reservation
 from interlock.routing.failsafe import FailSafeState
 from interlock.routing.guard import Admission, DeploymentGuard, Refusal
 from interlock.routing.retry import RetryPolicy
@@ -167,8 +168,7 @@ class ChatService:
         may still fail over at any point). ``served`` is filled in as attempts are made, so
         that a caller still knows the attempts and the last deployment tried when this raises.
         """
-        commits = _is_finish if whole else is_content_or_finish
-        return await self._run(request, commits, allowed, served or ServedBy())
+        return await self._run(request, whole, allowed, served or ServedBy())
 
     async def complete(
         self, request: ChatRequest, allowed: frozenset[str] | None = None
@@ -189,7 +189,7 @@ class ChatService:
     async def _run(
         self,
         request: ChatRequest,
-        commits: Callable[[Event], bool],
+        whole: bool,
         allowed: frozenset[str] | None,
         served: ServedBy,
     ) -> ChatStream:
@@ -219,7 +219,7 @@ class ChatService:
                 served.deployment = candidate.name
                 deadline = _attempt_deadline(candidate, route_deadline, loop.time())
                 try:
-                    return await self._attempt(request, admission, commits, served, deadline)
+                    return await self._attempt(request, admission, whole, served, deadline)
                 except UpstreamError as error:
                     await guard.failed(admission, error)
                     if error.client_fault:
@@ -244,23 +244,34 @@ class ChatService:
         self,
         request: ChatRequest,
         admission: Admission,
-        commits: Callable[[Event], bool],
+        whole: bool,
         served: ServedBy,
         deadline: float | None,
     ) -> ChatStream:
+        """One attempt on one deployment, until it commits: real content (a stream) or the
+        whole answer (``whole``: the provider is asked for one reply where it can, and only
+        ``deadline`` bounds the wait, since nothing comes before the answer is whole)."""
         candidate = admission.candidate
         provider = self._providers.get(candidate.name)
-        upstream = provider.stream(request, candidate.timeouts)
+        upstream = provider.stream(request, candidate.timeouts, whole=whole)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        first_token = candidate.timeouts.first_token
+        first_token = None if whole else candidate.timeouts.first_token
         limit = deadline
         if first_token is not None:
             limit = started + first_token if limit is None else min(limit, started + first_token)
+        commits = _is_finish if whole else is_content_or_finish
         held: list[Event] = []
-        waiting_for_content = True
+        waiting_for_content = not whole
         guard = self.guard
         reservation = admission.reservation
+        # A whole reply can take long with nothing arriving: its slot's lease is kept alive
+        # on the side (a stream renews it as its events flow).
+        keeper = (
+            asyncio.ensure_future(self._keep_slot(candidate, reservation))
+            if whole and reservation.slot_backend is not None
+            else None
+        )
         try:
             async with asyncio.timeout_at(limit) as scope:
                 async for event in upstream:
@@ -273,7 +284,7 @@ class ChatService:
                             waiting_for_content = False
                             scope.reschedule(deadline)
                     elif loop.time() >= reservation.renew_at:
-                        # A long non-streaming answer: keep the slot's lease alive.
+                        # A long answer collected from a stream: keep the slot's lease alive.
                         await guard.capacity.renew(candidate, reservation)
                 else:
                     raise UpstreamProtocolError("The model provider's stream ended early.")
@@ -288,9 +299,17 @@ class ChatService:
             await upstream.aclose()
             raise
         finally:
+            if keeper is not None:
+                keeper.cancel()
             served.upstream_seconds += loop.time() - started
         served.committed = True
         return ChatStream(request, held, upstream, served, deadline, admission, self._settler)
+
+    async def _keep_slot(self, candidate: Candidate, reservation: Reservation) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(0.0, reservation.renew_at - loop.time()))
+            await self.guard.capacity.renew(candidate, reservation)
 
 
 def _attempt_deadline(

@@ -37,7 +37,7 @@ from interlock.chat.types import (
 from interlock.errors import InvalidRequest, UpstreamProtocolError
 from interlock.providers.base import Timeouts
 from interlock.providers.classify import classify_error_event
-from interlock.providers.http import open_event_stream
+from interlock.providers.http import open_event_stream, post_for_json
 from interlock.providers.sse import DEFAULT_MAX_BYTES
 from interlock.settings import DeploymentConfig
 
@@ -73,12 +73,35 @@ class AnthropicProvider:
         }
         if api_key:
             self._headers["x-api-key"] = api_key
+        self._json_headers = {**self._headers, "Accept": "application/json"}
 
     def __repr__(self) -> str:  # never show the key
         return f"AnthropicProvider(url={self._url!r}, model={self._model!r})"
 
-    async def stream(self, request: ChatRequest, timeouts: Timeouts) -> AsyncGenerator[Event, None]:
-        """Stream ``request`` from the upstream as canonical events (see ``Provider``)."""
+    def stream(
+        self, request: ChatRequest, timeouts: Timeouts, *, whole: bool = False
+    ) -> AsyncGenerator[Event, None]:
+        """``request``'s reply as canonical events (see ``Provider``): streamed, or asked for
+        in one JSON reply when ``whole``."""
+        return self._whole(request, timeouts) if whole else self._stream(request, timeouts)
+
+    async def _whole(self, request: ChatRequest, timeouts: Timeouts) -> AsyncGenerator[Event, None]:
+        body = build_request_body(request, self._model)
+        body["stream"] = False
+        reply = await post_for_json(
+            self._session,
+            self._url,
+            body=msgspec.json.encode(body),
+            headers=self._json_headers,
+            timeouts=timeouts,
+            secret=self._api_key,
+        )
+        for event in decode_message(reply, secret=self._api_key):
+            yield event
+
+    async def _stream(
+        self, request: ChatRequest, timeouts: Timeouts
+    ) -> AsyncGenerator[Event, None]:
         body = msgspec.json.encode(build_request_body(request, self._model))
         decoder = AnthropicStreamDecoder(secret=self._api_key)
         async with open_event_stream(
@@ -317,6 +340,64 @@ _decode_block_stop = msgspec.json.Decoder(_BlockStop).decode
 _decode_message_start = msgspec.json.Decoder(_MessageStart).decode
 _decode_message_delta = msgspec.json.Decoder(_MessageDelta).decode
 _decode_error = msgspec.json.Decoder(_ErrorEvent).decode
+
+
+class _WholeMessage(msgspec.Struct, gc=False):
+    """A whole (non-streamed) Messages reply, or an error reported with a 200."""
+
+    type: str | None = None
+    content: list[_Block] | None = None
+    stop_reason: str | None = None
+    stop_sequence: str | None = None
+    usage: _Usage | None = None
+    error: _ErrorBody | None = None
+
+
+_decode_whole_message = msgspec.json.Decoder(_WholeMessage).decode
+
+
+def decode_message(data: bytes, *, secret: str | None = None) -> list[Event]:
+    """The events of a whole reply, as its stream would have given them: the blocks'
+    content in order, ``Usage`` if reported, then ``Finish``."""
+    try:
+        reply = _decode_whole_message(data)
+    except msgspec.DecodeError:
+        raise UpstreamProtocolError("The model provider sent a malformed reply.") from None
+    if reply.type == "error" or reply.error is not None:
+        error = reply.error or _ErrorBody()
+        raise classify_error_event(error.type, None, error.message, secret=secret)
+    if reply.content is None:
+        raise UpstreamProtocolError("The model provider's reply has no answer in it.")
+    events: list[Event] = []
+    calls = 0
+    for block in reply.content:
+        if block.type == "text" and block.text:
+            events.append(TextDelta(block.text))
+        elif block.type == "thinking" and block.thinking:
+            events.append(ReasoningDelta(block.thinking))
+        elif block.type == "tool_use":
+            arguments = msgspec.json.encode(block.input or {}).decode()
+            events.append(ToolCallDelta(calls, block.id, block.name, arguments))
+            calls += 1
+    usage = reply.usage
+    if usage is not None:
+        cache_read = usage.cache_read_input_tokens or 0
+        events.append(
+            Usage(
+                input_tokens=(usage.input_tokens or 0)
+                + cache_read
+                + (usage.cache_creation_input_tokens or 0),
+                output_tokens=usage.output_tokens or 0,
+                cached_tokens=cache_read,
+            )
+        )
+    if reply.stop_reason is not None:
+        reason = FROM_ANTHROPIC.get(reply.stop_reason, "other")
+    else:
+        reason = "tool_calls" if calls else "stop"
+    stop_sequence = reply.stop_sequence if reply.stop_reason == "stop_sequence" else None
+    events.append(Finish(reason, stop_sequence))
+    return events
 
 
 class _ToolBlock:

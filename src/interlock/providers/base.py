@@ -31,9 +31,16 @@ class Timeouts:
 class Provider(Protocol):
     """One deployment's adapter."""
 
-    def stream(self, request: ChatRequest, timeouts: Timeouts) -> AsyncGenerator[Event, None]:
+    def stream(
+        self, request: ChatRequest, timeouts: Timeouts, *, whole: bool = False
+    ) -> AsyncGenerator[Event, None]:
         """Send ``request`` (its ``model`` is replaced by the deployment's upstream model)
         and yield the reply as canonical events, raising ``UpstreamError`` on failure.
+
+        ``whole``: the caller wants only the whole answer (a non-streaming request), so the
+        adapter may ask the provider for one reply instead of a stream, when its API has
+        that; the events are the same. ``idle`` does not apply then: nothing arrives until
+        the answer is whole.
 
         Closing the iterator early (``aclose``) must cancel the upstream request and free
         its connection.

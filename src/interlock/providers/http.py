@@ -1,10 +1,12 @@
-"""Upstream HTTP for the provider adapters: the pooled session and one streamed POST.
+"""Upstream HTTP for the provider adapters: the pooled session, one streamed POST and one
+whole POST.
 
 ``create_session`` makes the keep-alive ``aiohttp.ClientSession`` for one upstream (the app
 owns it; adapters never create or close sessions). ``open_event_stream`` sends one request
-and hands back its reply as parsed SSE events, with every failure already translated by
-``classify``: a non-2xx status, a reply that is not an event stream, and network errors on
-connect or on any later read.
+and hands back its reply as parsed SSE events; ``post_for_json`` sends one and returns its
+whole JSON reply (for non-streaming callers: one read and one decode instead of a parse per
+chunk). Every failure is already translated by ``classify``: a non-2xx status, a reply of
+the wrong kind, and network errors on connect or on any later read.
 """
 
 from __future__ import annotations
@@ -155,6 +157,81 @@ async def open_event_stream(
         raise
     else:
         response.release()
+
+
+WHOLE_REPLY_LIMIT = 32 * 1024 * 1024
+"""The largest whole JSON reply taken from a provider (a long answer is a few hundred KB)."""
+
+
+@lru_cache(maxsize=128)
+def whole_reply_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    """A whole reply arrives only once the model has finished: no read deadline between
+    bytes (``idle`` is a streaming notion); the pipeline bounds the wait by ``total``."""
+    return aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=None)
+
+
+async def post_for_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    body: bytes,
+    headers: Mapping[str, str],
+    timeouts: Timeouts,
+    secret: str | None = None,
+    limit: int = WHOLE_REPLY_LIMIT,
+) -> bytes:
+    """POST ``body`` to ``url`` and return its whole JSON reply.
+
+    Raises ``UpstreamError``s only: for a non-2xx status, a reply that is not JSON or is
+    larger than ``limit``, and transport errors. Cancellation closes the connection, so the
+    upstream sees the disconnect and stops generating. The current request's id goes with the
+    request as ``x-request-id``.
+    """
+    try:
+        response = await session.post(
+            url,
+            data=body,
+            headers=outbound_headers(headers),
+            timeout=whole_reply_timeout(timeouts),
+            allow_redirects=False,
+        )
+    except TRANSPORT_ERRORS as exc:
+        raise classify_transport(exc) from None
+    try:
+        if not 200 <= response.status < 300:
+            error_body = await _read_bounded(response)
+            raise classify_status(response.status, response.headers, error_body, secret=secret)
+        if response.content_type != "application/json":
+            raise UpstreamProtocolError(
+                "The model provider did not reply with JSON to a non-streaming request."
+            )
+        length = response.content_length
+        if length is not None and length > limit:
+            raise UpstreamProtocolError("The model provider's reply is too large.")
+        try:
+            if length is not None:
+                reply = await response.read()
+            else:
+                reply = await _read_all(response, limit)
+        except TRANSPORT_ERRORS as exc:
+            raise classify_transport(exc) from None
+    except BaseException:
+        response.close()
+        raise
+    response.release()
+    return reply
+
+
+async def _read_all(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """A reply without a length (chunked), up to ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await response.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamProtocolError("The model provider's reply is too large.")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:

@@ -133,7 +133,9 @@ class LocalModelProvider:
         """True once the model is loaded and until it is closed (for the readiness check)."""
         return self._model is not None
 
-    async def stream(self, request: ChatRequest, timeouts: Timeouts) -> AsyncGenerator[Event, None]:
+    async def stream(
+        self, request: ChatRequest, timeouts: Timeouts, *, whole: bool = False
+    ) -> AsyncGenerator[Event, None]:
         """Generate the answer, yielding ``TextDelta``s as tokens come, then ``Usage`` (real
         token counts) and ``Finish``. Raises ``ContextLengthExceeded`` before any text if the
         prompt does not fit the context window. ``timeouts.idle`` bounds the wait between two

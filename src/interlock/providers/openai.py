@@ -36,7 +36,7 @@ from interlock.chat.types import (
 from interlock.errors import UpstreamProtocolError
 from interlock.providers.base import Timeouts
 from interlock.providers.classify import classify_error_event
-from interlock.providers.http import open_event_stream
+from interlock.providers.http import WHOLE_REPLY_LIMIT, open_event_stream, post_for_json
 from interlock.providers.sse import DEFAULT_MAX_BYTES
 from interlock.settings import DeploymentConfig
 
@@ -56,8 +56,9 @@ _FINISH_REASONS: dict[str, FinishReason] = {
 class OpenAIProvider:
     """One OpenAI-compatible deployment. The session is injected and never closed here.
 
-    ``max_event_bytes`` bounds one SSE line or event of the reply (``UpstreamProtocolError``
-    beyond it). The key is sent as a header only: never logged, shown or put in an error.
+    ``max_event_bytes`` bounds one SSE line or event of the reply, ``max_reply_bytes`` a
+    whole reply (``UpstreamProtocolError`` beyond them). The key is sent as a header only:
+    never logged, shown or put in an error.
     """
 
     def __init__(
@@ -67,9 +68,11 @@ class OpenAIProvider:
         api_key: str | None,
         *,
         max_event_bytes: int = DEFAULT_MAX_BYTES,
+        max_reply_bytes: int = WHOLE_REPLY_LIMIT,
     ) -> None:
         self._session = session
         self._max_event_bytes = max_event_bytes
+        self._max_reply_bytes = max_reply_bytes
         self._model = deployment.model
         self._api_key = api_key
         self._url = f"{deployment.base_url}/chat/completions"
@@ -77,12 +80,37 @@ class OpenAIProvider:
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        self._json_headers = {**self._headers, "Accept": "application/json"}
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIProvider(url={self._url!r}, model={self._model!r})"
 
-    async def stream(self, request: ChatRequest, timeouts: Timeouts) -> AsyncGenerator[Event, None]:
-        """Stream ``request`` from the upstream as canonical events (see ``Provider``)."""
+    def stream(
+        self, request: ChatRequest, timeouts: Timeouts, *, whole: bool = False
+    ) -> AsyncGenerator[Event, None]:
+        """``request``'s reply as canonical events (see ``Provider``): streamed, or asked for
+        in one JSON reply when ``whole``."""
+        return self._whole(request, timeouts) if whole else self._stream(request, timeouts)
+
+    async def _whole(self, request: ChatRequest, timeouts: Timeouts) -> AsyncGenerator[Event, None]:
+        body = build_request_body(request, self._model, max_tokens_field=self._max_tokens_field)
+        body["stream"] = False
+        del body["stream_options"]
+        reply = await post_for_json(
+            self._session,
+            self._url,
+            body=msgspec.json.encode(body),
+            headers=self._json_headers,
+            timeouts=timeouts,
+            secret=self._api_key,
+            limit=self._max_reply_bytes,
+        )
+        for event in decode_completion(reply, secret=self._api_key):
+            yield event
+
+    async def _stream(
+        self, request: ChatRequest, timeouts: Timeouts
+    ) -> AsyncGenerator[Event, None]:
         body = msgspec.json.encode(
             build_request_body(request, self._model, max_tokens_field=self._max_tokens_field)
         )
@@ -277,6 +305,94 @@ class _Chunk(msgspec.Struct, gc=False):
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 
 
+class _ReplyMessage(msgspec.Struct, gc=False):
+    content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    refusal: str | None = None
+    tool_calls: list[_ToolCall] | None = None
+
+
+class _ReplyChoice(msgspec.Struct, gc=False):
+    message: _ReplyMessage | None = None
+    finish_reason: str | None = None
+
+
+class _Completion(msgspec.Struct, gc=False):
+    """A whole (non-streamed) Chat Completions reply, or an error reported with a 200."""
+
+    choices: list[_ReplyChoice] | None = None
+    usage: _Usage | None = None
+    error: _Error | str | None = None
+    object: str | None = None
+    message: str | None = None
+    type: str | None = None
+    code: str | int | None = None
+
+
+_decode_completion = msgspec.json.Decoder(_Completion).decode
+
+
+def decode_completion(data: bytes, *, secret: str | None = None) -> list[Event]:
+    """The events of a whole reply, as its stream would have given them: the content, the
+    tool calls, ``Usage`` if reported, then ``Finish``. Only the first choice is read (the
+    gateway never asks for more)."""
+    try:
+        reply = _decode_completion(data)
+    except msgspec.DecodeError:
+        raise UpstreamProtocolError("The model provider sent a malformed reply.") from None
+    _raise_reported_error(reply, secret)
+    if not reply.choices:
+        raise UpstreamProtocolError("The model provider's reply has no answer in it.")
+    choice = reply.choices[0]
+    events: list[Event] = []
+    message = choice.message
+    calls = 0
+    if message is not None:
+        reasoning = message.reasoning_content or message.reasoning
+        if reasoning:
+            events.append(ReasoningDelta(reasoning))
+        if message.content:
+            events.append(TextDelta(message.content))
+        if message.refusal:
+            events.append(TextDelta(message.refusal))
+        for index, call in enumerate(message.tool_calls or ()):
+            function = call.function
+            name = function.name if function is not None else None
+            arguments = (function.arguments if function is not None else None) or ""
+            events.append(ToolCallDelta(index, call.id, name, arguments))
+            calls += 1
+    if reply.usage is not None:
+        events.append(_usage(reply.usage))
+    if choice.finish_reason:
+        finish = _FINISH_REASONS.get(choice.finish_reason, "other")
+    else:
+        finish = "tool_calls" if calls else "stop"
+    events.append(Finish(finish))
+    return events
+
+
+def _raise_reported_error(reply: _Chunk | _Completion, secret: str | None) -> None:
+    """Raise the failure a reply reports in its body (``{"error": …}``, or vLLM's
+    ``{"object": "error", …}``), if any."""
+    error = reply.error
+    if error is not None:
+        if isinstance(error, str):
+            raise classify_error_event(None, None, error, secret=secret)
+        raise classify_error_event(error.type, error.code, error.message, secret=secret)
+    if reply.object == "error":
+        raise classify_error_event(reply.type, reply.code, reply.message, secret=secret)
+
+
+def _usage(usage: _Usage) -> Usage:
+    details = usage.prompt_tokens_details
+    return Usage(
+        input_tokens=usage.prompt_tokens or 0,
+        output_tokens=usage.completion_tokens or 0,
+        cached_tokens=(details.cached_tokens or 0) if details is not None else 0,
+    )
+
+
 class OpenAIStreamDecoder:
     """Turns the ``data`` of each chunk into events; ``end()`` closes the stream.
 
@@ -303,13 +419,7 @@ class OpenAIStreamDecoder:
             raise UpstreamProtocolError(
                 "The model provider sent a malformed event in its stream."
             ) from None
-        if chunk.error is not None:
-            error = chunk.error
-            if isinstance(error, str):
-                raise classify_error_event(None, None, error, secret=self._secret)
-            raise classify_error_event(error.type, error.code, error.message, secret=self._secret)
-        if chunk.object == "error":
-            raise classify_error_event(chunk.type, chunk.code, chunk.message, secret=self._secret)
+        _raise_reported_error(chunk, self._secret)
         if chunk.usage is not None:
             self._usage = chunk.usage  # some servers repeat it on every chunk: keep the last
         if not chunk.choices:
@@ -358,16 +468,8 @@ class OpenAIStreamDecoder:
         if not self.done and self._finish is None:
             raise UpstreamProtocolError("The model provider's stream ended early.")
         events: list[Event] = []
-        usage = self._usage
-        if usage is not None:
-            details = usage.prompt_tokens_details
-            events.append(
-                Usage(
-                    input_tokens=usage.prompt_tokens or 0,
-                    output_tokens=usage.completion_tokens or 0,
-                    cached_tokens=(details.cached_tokens or 0) if details is not None else 0,
-                )
-            )
+        if self._usage is not None:
+            events.append(_usage(self._usage))
         finish = self._finish or ("tool_calls" if self._tool_ids else "stop")
         events.append(Finish(finish))
         return events

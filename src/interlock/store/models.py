@@ -210,3 +210,25 @@ class JobRun(Base):
     outcome: Mapped[JobOutcome] = mapped_column(String(16))
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     error: Mapped[str | None] = mapped_column(String(1000))
+
+
+class Conversation(Base):
+    """One chat of a user, as the AI SDK front-end shows it: its ``UIMessage``s as JSON.
+
+    The chat id is chosen by the client (``useChat``'s ``id``), so it is unique per user only:
+    the key is (user, chat id), and one user can never reach or collide with another's chat.
+    """
+
+    __tablename__ = "conversations"
+    __table_args__ = (Index("ix_conversations_user_id_updated_at", "user_id", "updated_at"),)
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    messages: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    message_count: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)  # of ``messages`` as JSON
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
