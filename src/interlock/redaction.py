@@ -36,18 +36,34 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
 )
 
-# One scan that tells whether any pattern can match, so clean text costs one search.
-_CANDIDATES = re.compile(
-    r"(?i)il_live_|il_test_|bearer|basic |sk-|rk-|pk-|eyJ|://[^/\s]*@|key|token|secret|"
-    r"passw|authorization|cookie|sig"
+# Substrings (lowercase) without which no pattern can match: clean text costs one search for
+# plain literals in its lowercased copy, not the patterns above.
+_MARKERS = (
+    "il_live_",
+    "il_test_",
+    "bearer",
+    "basic ",
+    "sk-",
+    "rk-",
+    "pk-",
+    "eyj",
+    "@",
+    "key",
+    "token",
+    "secret",
+    "passw",
+    "authorization",
+    "cookie",
+    "sig",
 )
+_MARKER = re.compile("|".join(re.escape(marker) for marker in _MARKERS))
 
 
 def scrub(text: str, secret: str | None = None) -> str:
     """``text`` with credentials masked; ``secret`` (e.g. the provider key in use) too."""
     if secret and len(secret) >= 4 and secret in text:
         text = text.replace(secret, MASK)
-    if _CANDIDATES.search(text) is None:
+    if _MARKER.search(text.lower()) is None:
         return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
