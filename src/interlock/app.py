@@ -12,6 +12,7 @@ import gc
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 import structlog
 from starlette.applications import Starlette
@@ -20,9 +21,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
 from interlock import __version__
 from interlock.api import admin, aisdk, anthropic, health, openai, usage
 from interlock.api import keys as own_keys
+from interlock.api import metrics as metrics_api
 from interlock.api.errors import anthropic_error_response, openai_error_response
 from interlock.auth.identity import open_identity
 from interlock.cache import build_cache
@@ -43,8 +48,10 @@ from interlock.store.migrate import prepare
 from interlock.store.secret import load_or_create_secret
 from interlock.telemetry.access_log import AccessLog
 from interlock.telemetry.ledger import build_ledger
+from interlock.telemetry.metrics import build_metrics
 from interlock.telemetry.prices import DeploymentPrices, packaged_price_table
 from interlock.telemetry.sentry import NO_REPORTER, Reporter, sentry_reporting
+from interlock.telemetry.tracing import build_tracing
 
 log = structlog.get_logger("interlock.app")
 
@@ -78,9 +85,12 @@ def announce_to_terminal(settings: Settings, new_admin_key: str | None) -> None:
 
 @asynccontextmanager
 async def running(
-    settings: Settings, announce: Announce | None = announce_to_terminal
+    settings: Settings,
+    announce: Announce | None = announce_to_terminal,
+    tracer_provider: TracerProvider | None = None,
 ) -> AsyncIterator[Components]:
-    """Build every app-lifetime component; close them all on exit."""
+    """Build every app-lifetime component; close them all on exit. ``tracer_provider``:
+    where spans go, instead of the exporter the settings configure (tests, embedding)."""
     async with AsyncExitStack() as stack:
         reporter = stack.enter_context(sentry_reporting(settings.sentry, release=__version__))
         database = database_for(settings)
@@ -117,6 +127,7 @@ async def running(
             settings.config.models,
             prices,
             over_budget_status=settings.config.budgets.over_budget_status,
+            fail_open=settings.config.budgets.on_state_failure == "open",
         )
         stack.push_async_callback(budgets.aclose)
         limiter = RateLimiter(
@@ -128,6 +139,14 @@ async def running(
         # Entries in Redis when instances share it, else in the cache's own memory store.
         cache = build_cache(settings.config.cache, state, shared=settings.redis_url is not None)
         stack.push_async_callback(cache.aclose)
+        # Metrics and traces (interlock.telemetry); failed attempts are counted by the guard.
+        metrics = build_metrics(settings)
+        if metrics is not None:
+            stack.callback(metrics.close)
+            service.guard.on_failure = metrics.upstream_failed
+        tracing = build_tracing(settings, tracer_provider)
+        if tracing is not None:
+            stack.push_async_callback(tracing.aclose)
         # Scheduled jobs (interlock.jobs): started last, so stopped first.
         stack.push_async_callback(start_scheduler(settings, database, state, ledger).aclose)
         components = Components(
@@ -149,6 +168,8 @@ async def running(
             reporter=reporter,
             probes=probes,
             conversations=ConversationStore(database),
+            metrics=metrics,
+            tracing=tracing,
         )
         if announce is not None:
             announce(settings, new_admin_key)
@@ -180,12 +201,19 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 class InterlockApp:
     """The ASGI app: the HTTP routes, plus a lifespan that fails in one line, not a trace."""
 
-    def __init__(self, settings: Settings, announce: Announce | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        announce: Announce | None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
         self.settings = settings
         self._announce = announce
+        self._tracer_provider = tracer_provider
         self.http = Starlette(
             routes=[
                 *health.routes,
+                *metrics_api.routes,
                 *openai.routes,
                 *anthropic.routes,
                 *aisdk.routes,
@@ -211,7 +239,7 @@ class InterlockApp:
     @asynccontextmanager
     async def started(self) -> AsyncIterator[Components]:
         """Run the lifespan around a block (for embedding and in-process tests)."""
-        async with running(self.settings, self._announce) as components:
+        async with running(self.settings, self._announce, self._tracer_provider) as components:
             self.http.state.components = components
             yield components
 
@@ -240,6 +268,9 @@ def startup_problem(exc: Exception) -> str:
 
 
 def create_app(
-    settings: Settings, announce: Announce | None = announce_to_terminal
+    settings: Settings,
+    announce: Announce | None = announce_to_terminal,
+    *,
+    tracer_provider: TracerProvider | None = None,
 ) -> InterlockApp:
-    return InterlockApp(settings, announce)
+    return InterlockApp(settings, announce, tracer_provider)

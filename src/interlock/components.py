@@ -24,9 +24,11 @@ from interlock.store.keys import KeyStore
 from interlock.store.users import UserStore
 from interlock.telemetry.chat_observer import ChatObserver
 from interlock.telemetry.ledger import UsageLedger
+from interlock.telemetry.metrics import Metrics
 from interlock.telemetry.prices import DeploymentPrices
 from interlock.telemetry.request_ids import RequestIds
 from interlock.telemetry.sentry import NO_REPORTER, Reporter
+from interlock.telemetry.tracing import Tracing
 
 
 @dataclass(slots=True)
@@ -52,6 +54,8 @@ class Components:
     request_ids: RequestIds = field(default_factory=RequestIds)
     reporter: Reporter = NO_REPORTER  # Sentry, when SENTRY_DSN is set
     probes: DeploymentProbes | None = None  # reachability of the deployments, for readiness
+    metrics: Metrics | None = None  # Prometheus metrics; None: [metrics] enabled = false
+    tracing: Tracing | None = None  # OpenTelemetry spans; None: not configured
     pipeline: ChatPipeline = field(init=False)  # every chat request, whatever its protocol
 
     def __post_init__(self) -> None:
@@ -66,6 +70,8 @@ class Components:
             request_ids=self.request_ids,
             cache=self.cache,
             observer=ChatObserver(self.reporter, self.settings.config.logging.prompt_log_users),
+            metrics=self.metrics,
+            tracing=self.tracing,
         )
 
 

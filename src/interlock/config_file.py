@@ -232,6 +232,9 @@ class BudgetsConfig(_Strict):
 
     # 429 (the default: OpenAI's clients back off and retry) or 402 Payment Required.
     over_budget_status: Literal[429, 402] = 429
+    # When the shared state (Redis) cannot answer: refuse with 503 (the default: no spending
+    # goes unchecked) or let requests through unbudgeted.
+    on_state_failure: Literal["closed", "open"] = "closed"
 
 
 class AiSdkConfig(_Strict):
@@ -439,6 +442,58 @@ class CacheConfig(_Strict):
         return self
 
 
+# ---- observability: [metrics] and [tracing] -----------------------------------------------
+
+MAX_METRICS_NETWORKS = 1000
+
+
+class MetricsConfig(_Strict):
+    """``[metrics]``: the Prometheus endpoint ``GET /metrics`` (see docs/observability.md).
+
+    A scrape is let in when its client address is in ``allow`` or it carries the token of
+    ``INTERLOCK_METRICS_TOKEN``; ``allow = []`` leaves the token as the only way in."""
+
+    enabled: bool = True
+    allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=lambda: list(parse_networks(["127.0.0.0/8", "::1/128"])),
+        max_length=MAX_METRICS_NETWORKS,
+        description="client networks that may scrape without the token",
+    )
+
+    @field_validator("allow", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if not isinstance(value, list):
+            return value
+        for entry in value:
+            if not isinstance(entry, str):
+                raise ValueError(f"expected addresses or networks as strings, got {entry!r}")
+            if not entry.isprintable() or len(entry) > 64:
+                raise ValueError("expected addresses or networks such as 10.0.0.0/8")
+        return list(parse_networks(value))
+
+
+class TracingConfig(_Strict):
+    """``[tracing]``: OpenTelemetry traces over OTLP/HTTP (see docs/observability.md). The
+    standard ``OTEL_EXPORTER_OTLP_*`` variables win over ``endpoint``."""
+
+    enabled: bool = Field(default=True, description="false: no traces even with an endpoint")
+    endpoint: str = Field(default="", description="OTLP/HTTP traces URL, .../v1/traces")
+    service_name: str = Field(default="interlock", min_length=1, max_length=200)
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description="of new traces")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// URL")
+            if parts.username or parts.password:
+                raise ValueError("must not carry credentials; use OTEL_EXPORTER_OTLP_HEADERS")
+        return value
+
+
 # ---- scheduled jobs: [jobs] ----------------------------------------------------------------
 
 MAX_RETENTION_DAYS = 36_500
@@ -556,6 +611,8 @@ class FileConfig(_Strict):
     logging: LoggingConfig = LoggingConfig()
     health: HealthConfig = HealthConfig()
     aisdk: AiSdkConfig = AiSdkConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @field_validator("tiers", mode="after")
     @classmethod

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from interlock.config_file import (  # re-exported: settings is where callers look
     BUDGET_DECIMAL_PLACES,
@@ -39,6 +39,7 @@ from interlock.config_file import (  # re-exported: settings is where callers lo
     LimitsConfig,
     LocalModelConfig,
     LoggingConfig,
+    MetricsConfig,
     ModelConfig,
     PositiveSeconds,
     ProviderKind,
@@ -50,6 +51,7 @@ from interlock.config_file import (  # re-exported: settings is where callers lo
     StateFailure,
     TierConfig,
     TimeoutConfig,
+    TracingConfig,
     UsageConfig,
     default_file_config,
     default_tiers,
@@ -78,6 +80,7 @@ __all__ = [
     "LimitsConfig",
     "LocalModelConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "ModelConfig",
     "PositiveSeconds",
     "ProviderKind",
@@ -91,6 +94,8 @@ __all__ = [
     "StateFailure",
     "TierConfig",
     "TimeoutConfig",
+    "TracingConfig",
+    "TracingSettings",
     "UsageConfig",
     "default_file_config",
     "default_tiers",
@@ -181,6 +186,22 @@ class SentrySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """Where traces go (OTLP over HTTP/protobuf). Present only when tracing is on."""
+
+    endpoint: str  # the OTLP/HTTP traces URL, ending in /v1/traces
+    headers: Mapping[str, str]  # sent with every export (often a token)
+    service_name: str
+    sample_ratio: float  # of traces started here; a caller's sampled traceparent is followed
+
+    def __repr__(self) -> str:  # never show the headers: they usually hold a token
+        return (
+            f"TracingSettings(endpoint={self.endpoint!r}, headers={sorted(self.headers)!r}, "
+            f"service_name={self.service_name!r}, sample_ratio={self.sample_ratio!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the app needs, validated. Built once and passed down."""
 
@@ -202,6 +223,9 @@ class Settings:
     environ: Mapping[str, str] = field(repr=False)  # for api_key_env look-ups, read once
     backup: BackupSecrets = BackupSecrets()
     sentry: SentrySettings | None = None  # None: errors are not reported to Sentry
+    metrics_token: str | None = None  # INTERLOCK_METRICS_TOKEN: scrapes from anywhere with it
+    metrics_multiproc_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR: processes share it
+    tracing: TracingSettings | None = None  # None: no spans are made at all
 
     @property
     def is_embedded_database(self) -> bool:
@@ -317,6 +341,8 @@ def load_settings(
     jwt = _jwt_settings(env, problems, flag, leeway=config.auth.session_leeway)
     backup = _backup_secrets(env, problems)
     sentry = _sentry_settings(env, problems)
+    metrics_token, multiproc_dir = _metrics_settings(env, problems)
+    tracing = _tracing_settings(env, config.tracing, problems)
     if problems:
         raise ConfigError(problems)
     return Settings(
@@ -337,6 +363,9 @@ def load_settings(
         environ=env,
         backup=backup,
         sentry=sentry,
+        metrics_token=metrics_token,
+        metrics_multiproc_dir=multiproc_dir,
+        tracing=tracing,
     )
 
 
@@ -398,6 +427,81 @@ def _backup_secrets(env: Mapping[str, str], problems: list[str]) -> BackupSecret
         s3_access_key_id=access_key,
         s3_secret_access_key=secret_key,
         s3_session_token=session_token,
+    )
+
+
+def _metrics_settings(
+    env: Mapping[str, str], problems: list[str]
+) -> tuple[str | None, Path | None]:
+    """The scrape token and the multi-process metrics directory. Never echoes the token."""
+    token = env.get("INTERLOCK_METRICS_TOKEN") or None
+    if token is not None and not (
+        16 <= len(token) <= 512 and token.isascii() and token.isprintable() and " " not in token
+    ):
+        problems.append(
+            "INTERLOCK_METRICS_TOKEN: must be 16 to 512 printable ASCII characters, no spaces"
+        )
+    raw_dir = env.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+    multiproc_dir = Path(raw_dir) if raw_dir else None
+    if multiproc_dir is not None and not multiproc_dir.is_dir():
+        problems.append("PROMETHEUS_MULTIPROC_DIR: not an existing directory")
+    return token, multiproc_dir
+
+
+def _otlp_headers(raw: str, name: str, problems: list[str]) -> dict[str, str]:
+    """``key1=value1,key2=value2`` (values URL-encoded), as the OTLP exporters read it."""
+    headers: dict[str, str] = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"{name}: expected key=value pairs separated by commas")
+            return {}
+        headers[unquote(key.strip()).lower()] = unquote(value.strip())
+    return headers
+
+
+def _tracing_settings(
+    env: Mapping[str, str], config: TracingConfig, problems: list[str]
+) -> TracingSettings | None:
+    """Tracing is on when an OTLP endpoint is known (the standard variables, else
+    ``[tracing] endpoint``) and nothing turns it off."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true" or not config.enabled:
+        return None
+    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporter == "none":
+        return None
+    if exporter not in ("", "otlp"):
+        problems.append("OTEL_TRACES_EXPORTER: only otlp (or none) is supported")
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = env.get(name, "").strip()
+        if protocol and protocol != "http/protobuf":
+            problems.append(f"{name}: only http/protobuf is supported")
+            break
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if not endpoint and base:
+        endpoint = base.rstrip("/") + "/v1/traces"  # the signal path is added to the base
+    if not endpoint:
+        endpoint = config.endpoint
+    if not endpoint:
+        return None
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append("OTEL_EXPORTER_OTLP_ENDPOINT: expected an http:// or https:// URL")
+    headers_name = "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
+    raw_headers = env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "")
+    if not raw_headers:
+        headers_name, raw_headers = (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            env.get("OTEL_EXPORTER_OTLP_HEADERS", ""),
+        )
+    return TracingSettings(
+        endpoint=endpoint,
+        headers=_otlp_headers(raw_headers, headers_name, problems),
+        service_name=env.get("OTEL_SERVICE_NAME", "").strip() or config.service_name,
+        sample_ratio=config.sample_ratio,
     )
 
 

@@ -125,9 +125,11 @@ def serve_gateway(
         time.sleep(0.01)
     clock = FakeClock()
     components: Components = app.http.state.components
-    components.service = components.pipeline.service = ChatService.from_config(
+    service = ChatService.from_config(
         settings.config, components.providers, components.state, clock=clock
     )
+    service.guard.on_failure = components.service.guard.on_failure  # the metrics' hook
+    components.service = components.pipeline.service = service
     try:
         yield Gateway(app, f"http://{settings.host}:{settings.port}", clock, loops[0])
     finally:

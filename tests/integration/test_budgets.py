@@ -182,6 +182,18 @@ def test_budgets_fail_closed_when_the_shared_state_is_down(
         assert upstream.ledger == []
 
 
+def test_budgets_can_be_configured_to_fail_open(upstream: FakeUpstream, tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        {**config(upstream), "budgets": {"on_state_failure": "open"}},
+        {"REDIS_URL": "redis://127.0.0.1:9/0"},
+    )
+    with serve(settings) as down:
+        key = new_key(down, "open", daily_budget=1)
+        assert chat(down, key).status_code == 200
+        assert len(upstream.ledger) == 1
+
+
 # ---- a user's own budget -----------------------------------------------------------------
 
 

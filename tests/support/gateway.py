@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from opentelemetry.trace import TracerProvider
 
 from interlock.app import create_app
 from interlock.settings import Settings, load_settings
@@ -86,11 +87,14 @@ class RunningGateway:
 
 
 @contextmanager
-def serve(settings: Settings, timeout: float = 30.0) -> Iterator[RunningGateway]:
-    """Run the gateway on a real socket in a thread until the block ends."""
+def serve(
+    settings: Settings, timeout: float = 30.0, *, tracer_provider: TracerProvider | None = None
+) -> Iterator[RunningGateway]:
+    """Run the gateway on a real socket in a thread until the block ends (its spans to
+    ``tracer_provider``, if given)."""
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings, announce=None),
+            create_app(settings, announce=None, tracer_provider=tracer_provider),
             host=settings.host,
             port=settings.port,
             loop="asyncio",

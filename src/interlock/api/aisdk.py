@@ -172,7 +172,7 @@ def _message_id(call: ChatCall, turn: Turn | None) -> str:
 
 async def _chat(request: Request, protocol: str) -> Response:
     gateway = components_of(request)
-    call = gateway.pipeline.begin()
+    call = gateway.pipeline.begin("aisdk", request.headers)
     try:
         principal = await authenticate_call(
             call, request, bearer_token(request.headers.get("authorization"))

@@ -62,7 +62,7 @@ def input_estimate(chat: ChatRequest) -> int:
 
 async def messages(request: Request) -> Response:
     gateway = components_of(request)
-    call = gateway.pipeline.begin()
+    call = gateway.pipeline.begin("anthropic", request.headers)
     try:
         await authenticate_call(call, request, api_key(request))
         version = anthropic_wire.check_version(request.headers.get("anthropic-version"))

@@ -37,7 +37,7 @@ _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 async def chat_completions(request: Request) -> Response:
     gateway = components_of(request)
-    call = gateway.pipeline.begin()
+    call = gateway.pipeline.begin("openai", request.headers)
     try:
         await authenticate_call(call, request, bearer_token(request.headers.get("authorization")))
         server = gateway.settings.config.server

@@ -17,7 +17,8 @@ in the same order whatever the protocol:
 6. call → ``ChatService``: routing, retries, fallbacks and the stream-integrity contract;
 7. account → exactly one usage row however the request ends (answered, refused, cut by a
    failure mid-stream, abandoned by the client); the budget hold settled at the real cost
-   (nothing for a cache hit) and the rate-limit admission with the real tokens.
+   (nothing for a cache hit) and the rate-limit admission with the real tokens; the
+   request's metrics and its trace span (``interlock.telemetry``), when they are on.
 
 A streaming answer is a ``Reply``: the adapter renders its ``events()`` and calls ``end()``
 when the response is over, in every case (``interlock.api.streaming`` makes sure of it). A
@@ -27,7 +28,7 @@ non-streaming answer is the same stream collected to the end (``ChatCall.complet
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -51,10 +52,13 @@ from interlock.errors import AuthenticationFailed, InterlockError, InternalError
 from interlock.limits.budgets import Budgets, Reservation
 from interlock.limits.quota import NO_QUOTAS, Quotas
 from interlock.limits.rate_limits import Admission, RateLimiter, RateLimitExceeded
+from interlock.providers.http import upstream_headers
 from interlock.settings import ServerConfig
 from interlock.telemetry.chat_observer import ChatObserver
+from interlock.telemetry.metrics import Metrics
 from interlock.telemetry.prices import DeploymentPrices
 from interlock.telemetry.request_ids import RequestIds
+from interlock.telemetry.tracing import Tracing
 from interlock.telemetry.usage_record import (
     CLIENT_CLOSED_REQUEST,
     UsageRecord,
@@ -80,12 +84,19 @@ class ChatPipeline:
     cache: ResponseCache | None = None  # None: no response cache
     # The access line, error reports and the opt-in prompt log (interlock.telemetry).
     observer: ChatObserver = field(default_factory=ChatObserver)
+    metrics: Metrics | None = None  # None: metrics are off
+    tracing: Tracing | None = None  # None: tracing is off, no span is made
 
-    def begin(self) -> ChatCall:
-        """A new request: its id and its clock start now."""
+    def begin(self, route: str = "other", headers: Mapping[str, str] | None = None) -> ChatCall:
+        """A new request on inbound ``route`` (``openai``, ``anthropic``, ``aisdk``): its id
+        and its clock start now. ``headers``: the HTTP request's, for the caller's
+        ``traceparent``. The request id goes to the providers called from this context."""
         request_id = self.request_ids.next()
-        self.observer.began(request_id)
-        return ChatCall(self, request_id, time.perf_counter())
+        upstream_headers.set({"x-request-id": request_id})
+        call = ChatCall(self, request_id, time.perf_counter(), Metrics.route(route))
+        if self.tracing is not None:
+            call.served.trace = self.tracing.request(call.route, headers)
+        return call
 
     async def authenticate(
         self,
@@ -132,15 +143,19 @@ class ChatCall:
         "chat",
         "principal",
         "request_id",
+        "route",
         "served",
         "started",
         "streaming",
     )
 
-    def __init__(self, pipeline: ChatPipeline, request_id: str, started: float) -> None:
+    def __init__(
+        self, pipeline: ChatPipeline, request_id: str, started: float, route: str = "other"
+    ) -> None:
         self._pipeline = pipeline
         self.request_id = request_id
         self.started = started  # a time.perf_counter() reading
+        self.route = route  # the inbound protocol, a metrics label
         self.principal: Principal | None = None  # no usage row for an unauthenticated caller
         self.chat: ChatRequest | None = None
         self.served = ServedBy()  # filled in by the service as attempts are made
@@ -255,6 +270,8 @@ class ChatCall:
         """The request ended with ``error`` before any answer was sent."""
         if isinstance(error, RateLimitExceeded):
             self._quotas = error.quotas
+            if self._pipeline.metrics is not None:
+                self._pipeline.metrics.rate_limited(error.code)
         self._account(status=error.status, error=error.code, failure=error)
 
     def client_left(self) -> None:
@@ -272,6 +289,8 @@ class ChatCall:
         observer.asked(self.request_id, chat, self.streaming)
         if observer.logs_prompts_of(principal):
             self._transcript = []
+        if self.served.trace is not None:
+            self.served.trace.requested(chat, self.streaming)
         server = self._pipeline.server
         if len(chat.messages) > server.max_messages:
             raise InvalidRequest(
@@ -321,11 +340,13 @@ class ChatCall:
                 partial=partial,
             )
         finally:
-            self._observe(status, failure or error, record)
+            self._observe(status, error, record)
+            self._log_end(status, failure or error, record)
 
-    def _observe(
+    def _log_end(
         self, status: int, error: InterlockError | str | None, record: UsageRecord | None
     ) -> None:
+        """The request's access line, error report and prompt log (``ChatObserver.ended``)."""
         served = self.served
         try:
             self._pipeline.observer.ended(
@@ -392,6 +413,33 @@ class ChatCall:
             pipeline.budgets.settle_soon(self._reservation, record.cost)
         return record
 
+    def _observe(self, status: int, error: str | None, record: UsageRecord | None) -> None:
+        """The request's metrics and the end of its span, when they are on."""
+        pipeline = self._pipeline
+        metrics, served = pipeline.metrics, self.served
+        trace = served.trace
+        if metrics is None and trace is None:
+            return
+        cache = self._cache.status.value if self._cache is not None else None
+        if metrics is not None:
+            if record is None:
+                metrics.request_refused(self.route, status, error)
+            else:
+                overhead = None
+                if served.committed and not record.cache_hit:  # answered upstream
+                    elapsed = time.perf_counter() - self.started
+                    overhead = max(0.0, elapsed - served.upstream_seconds)
+                metrics.request_done(record, self.route, cache=cache, overhead_s=overhead)
+        if trace is not None:
+            trace.end(
+                request_id=self.request_id,
+                status=status,
+                error=error,
+                record=record,
+                response_model=served.model if served.committed else None,
+                cache=cache,
+            )
+
 
 class Reply:
     """A streaming answer, committed: render ``events()`` once, then ``end()`` (idempotent).
@@ -415,6 +463,9 @@ class Reply:
         self._failure: str | None = None
         self._error: InterlockError | None = None
         self._ended = False
+        metrics = call._pipeline.metrics
+        if metrics is not None:
+            metrics.stream_opened(call.route)
 
     async def events(self) -> AsyncIterator[Event]:
         call = self._call
@@ -444,6 +495,10 @@ class Reply:
         if self._ended:
             return
         self._ended = True
+        call = self._call
+        metrics = call._pipeline.metrics
+        if metrics is not None:
+            metrics.stream_closed(call.route)
         stream = self.stream
         with anyio.CancelScope(shield=True):
             await stream.aclose()

@@ -52,6 +52,7 @@ from interlock.errors import (
     UpstreamTimeout,
 )
 from interlock.providers.base import Provider, Timeouts
+from interlock.providers.http import upstream_headers
 from interlock.routing.balancer import Balancer
 from interlock.routing.capacity import Reservation
 from interlock.routing.failsafe import FailSafeState
@@ -253,6 +254,10 @@ class ChatService:
         ``deadline`` bounds the wait, since nothing comes before the answer is whole)."""
         candidate = admission.candidate
         provider = self._providers.get(candidate.name)
+        trace = served.trace
+        if trace is not None:  # tracing: this attempt's span, its traceparent to the provider
+            attempt = admission.observer = trace.attempt(candidate, request)
+            upstream_headers.set(attempt.headers(upstream_headers.get()))
         upstream = provider.stream(request, candidate.timeouts, whole=whole)
         loop = asyncio.get_running_loop()
         started = loop.time()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interlock.chat.types import (
     ChatRequest,
@@ -28,6 +28,9 @@ from interlock.chat.types import (
 from interlock.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from interlock.routing.guard import Admission, DeploymentGuard
 
+if TYPE_CHECKING:
+    from interlock.telemetry.tracing import RequestTrace
+
 
 @dataclass(slots=True)
 class ServedBy:
@@ -39,6 +42,7 @@ class ServedBy:
     attempts: int = 0
     committed: bool = False  # the deployment answered: real content (or the end) came back
     upstream_seconds: float = 0.0  # time spent waiting on providers (all attempts)
+    trace: RequestTrace | None = None  # the request's span, parent of the attempts' (tracing)
 
 
 def estimate_tokens(text_length: int) -> int:
@@ -154,6 +158,8 @@ class ChatStream:
         self.finish = finish
         admission, settler = self._admission, self._settler
         if admission is not None and settler is not None:
+            if admission.observer is not None:
+                admission.observer.answered(self.usage, finish)
             await settler.guard.succeeded(admission, self.usage.total_tokens)
         yield self.usage
         yield finish

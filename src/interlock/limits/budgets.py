@@ -13,7 +13,8 @@ highest price among the model's deployments. Concurrent requests therefore canno
 by more than one reservation. After the call ``settle`` gives back the difference to the real
 cost of what was delivered (0 if nothing was).
 
-Budgets fail closed: if the shared state cannot answer, the request is refused with 503.
+Budgets fail closed by default: if the shared state cannot answer, the request is refused
+with 503 (``[budgets] on_state_failure = "open"`` lets it through unbudgeted instead).
 A principal without budgets costs nothing here: no state call at all.
 """
 
@@ -130,9 +131,11 @@ class Budgets:
         *,
         default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
         over_budget_status: int = 429,
+        fail_open: bool = False,
     ) -> None:
         self._limits = limits
         self._over_budget_status = over_budget_status
+        self._fail_open = fail_open
         self._default_output = default_output_tokens
         self._prices = {name: _highest_price(model, prices) for name, model in models.items()}
         self.currency = prices.currency
@@ -169,7 +172,9 @@ class Budgets:
         try:
             decision = await self._limits.admit(buckets)
         except StateUnavailable as exc:
-            log.warning("budget_state_unavailable", error=str(exc))
+            log.warning("budget_state_unavailable", error=str(exc), fail_open=self._fail_open)
+            if self._fail_open:
+                return None  # configured: an unchecked request rather than a refused one
             raise ServiceUnavailable(
                 "Budgets cannot be checked right now; try again shortly.",
                 retry_after=UNAVAILABLE_RETRY_AFTER,

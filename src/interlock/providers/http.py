@@ -7,6 +7,10 @@ and hands back its reply as parsed SSE events; ``post_for_json`` sends one and r
 whole JSON reply (for non-streaming callers: one read and one decode instead of a parse per
 chunk). Every failure is already translated by ``classify``: a non-2xx status, a reply of
 the wrong kind, and network errors on connect or on any later read.
+
+``upstream_headers`` holds the headers the request path adds to the provider calls made in
+the current context: the gateway's request id (``x-request-id``) and, when tracing is on,
+the attempt's ``traceparent``. The chat pipeline sets it; it costs one look-up per call.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 
 import aiohttp
@@ -27,10 +32,14 @@ from interlock.providers.classify import (
     classify_transport,
 )
 from interlock.providers.sse import DEFAULT_MAX_BYTES, SSEEvent, SSEParser
-from interlock.telemetry.request_ids import outbound_headers
 
 ERROR_BODY_LIMIT = 64 * 1024
 """How much of an error reply is read to classify it."""
+
+upstream_headers: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "interlock_upstream_headers", default=None
+)
+"""Headers added to every provider call made in this context (see the module docstring)."""
 
 _DRAIN_SECONDS = 0.5
 _DRAIN_BYTES = 64 * 1024
@@ -128,14 +137,16 @@ async def open_event_stream(
     Raises ``UpstreamError``s only. Leaving the block releases the response: normally the
     connection returns to the pool; on an error, ``aclose`` or cancellation the connection
     is closed at once, so the upstream sees the disconnect and stops generating.
-    ``secret`` is masked out of any provider message used in an error. The current
-    request's id goes with the request as ``x-request-id``.
+    ``secret`` is masked out of any provider message used in an error.
     """
+    extra = upstream_headers.get()
+    if extra:
+        headers = {**headers, **extra}
     try:
         response = await session.post(
             url,
             data=body,
-            headers=outbound_headers(headers),
+            headers=headers,
             timeout=request_timeout(timeouts),
             allow_redirects=False,
         )
@@ -184,14 +195,16 @@ async def post_for_json(
 
     Raises ``UpstreamError``s only: for a non-2xx status, a reply that is not JSON or is
     larger than ``limit``, and transport errors. Cancellation closes the connection, so the
-    upstream sees the disconnect and stops generating. The current request's id goes with the
-    request as ``x-request-id``.
+    upstream sees the disconnect and stops generating.
     """
+    extra = upstream_headers.get()
+    if extra:
+        headers = {**headers, **extra}
     try:
         response = await session.post(
             url,
             data=body,
-            headers=outbound_headers(headers),
+            headers=headers,
             timeout=whole_reply_timeout(timeouts),
             allow_redirects=False,
         )

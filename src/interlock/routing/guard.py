@@ -13,6 +13,8 @@ in exactly one of three ways, each of which gives back everything it held:
   deployment.
 
 Settling twice is harmless (the second call does nothing), so every exit path may settle.
+Settling is also where an attempt is observed: its ``observer`` (a trace span) is told how it
+ended, and ``on_failure`` (the metrics) hears of every failure.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import itertools
 import os
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
+from interlock.chat.types import Finish, Usage
 from interlock.errors import UpstreamError, UpstreamRateLimited
 from interlock.routing.breaker import CircuitBreakers, Gate, Probe
 from interlock.routing.capacity import Capacity, Reservation
@@ -39,16 +42,32 @@ class Refusal(NamedTuple):
     retry_after: float
 
 
+class AttemptObserver(Protocol):
+    """Watches one attempt (``interlock.telemetry.tracing.AttemptTrace``): the stream reports
+    the answer, the guard how the attempt ended."""
+
+    def answered(self, usage: Usage, finish: Finish) -> None: ...
+
+    def ended(self, error: UpstreamError | None) -> None: ...
+
+    def abandoned(self) -> None: ...
+
+
+FailureHook = Callable[[str, UpstreamError], None]
+"""Called with the deployment's name and the error of every failed attempt."""
+
+
 class Admission:
     """One attempt's hold on a deployment."""
 
-    __slots__ = ("candidate", "probe", "reservation", "settled")
+    __slots__ = ("candidate", "observer", "probe", "reservation", "settled")
 
     def __init__(self, candidate: Candidate, probe: Probe | None, reservation: Reservation) -> None:
         self.candidate = candidate
         self.probe = probe
         self.reservation = reservation
         self.settled = False
+        self.observer: AttemptObserver | None = None
 
 
 class DeploymentGuard:
@@ -67,6 +86,7 @@ class DeploymentGuard:
         # Slot holders must be unique across instances: a random instance id and a counter.
         self._instance = os.urandom(6).hex()
         self._counter = itertools.count()
+        self.on_failure: FailureHook | None = None  # set by the app when metrics are on
 
     def holder(self) -> str:
         """A fresh holder id for one request's slots."""
@@ -93,6 +113,8 @@ class DeploymentGuard:
             return
         admission.settled = True
         candidate = admission.candidate
+        if admission.observer is not None:
+            admission.observer.ended(None)
         try:
             await self.breakers.record(candidate.name, ok=True, probe=admission.probe)
         finally:
@@ -103,6 +125,10 @@ class DeploymentGuard:
             return
         admission.settled = True
         candidate = admission.candidate
+        if admission.observer is not None:
+            admission.observer.ended(error)
+        if self.on_failure is not None:
+            self.on_failure(candidate.name, error)
         try:
             if isinstance(error, UpstreamRateLimited) or error.retry_after is not None:
                 seconds = error.retry_after
@@ -122,6 +148,8 @@ class DeploymentGuard:
             return
         admission.settled = True
         candidate = admission.candidate
+        if admission.observer is not None:
+            admission.observer.abandoned()
         try:
             if admission.probe is not None:
                 await self.breakers.abandon(candidate.name, admission.probe)

@@ -23,11 +23,11 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from interlock.telemetry.logging import ACCESS_LOGGER
-from interlock.telemetry.request_ids import REQUEST_ID_HEADER, RequestIds
+from interlock.telemetry.request_ids import RequestIds
 from interlock.telemetry.sentry import NO_REPORTER, Reporter
 
 _HEALTH_PREFIX = "/health/"
-_HEADER = REQUEST_ID_HEADER.encode()
+_HEADER = b"x-request-id"
 _MAX_PATH = 200
 
 

@@ -1,8 +1,7 @@
 """``ChatObserver``: what the chat pipeline tells the outside world about each request.
 
-Called by ``interlock.chat.pipeline`` at three moments:
+Called by ``interlock.chat.pipeline`` at two moments:
 
-- ``began``: the request id becomes the current one (sent upstream as ``x-request-id``);
 - ``asked``: the canonical request is known (a Sentry breadcrumb: counts and lengths only);
 - ``ended``: once per request, however it ended — the access line (``interlock.access``),
   the closing breadcrumb, an upstream failure reported to Sentry, and, for the users listed in
@@ -25,7 +24,6 @@ from interlock.chat.types import ChatRequest
 from interlock.errors import InterlockError, UpstreamError
 from interlock.telemetry.access_log import access_logger, current_context
 from interlock.telemetry.logging import PROMPT_LOGGER
-from interlock.telemetry.request_ids import set_current_request_id
 from interlock.telemetry.sentry import NO_REPORTER, Reporter
 from interlock.telemetry.usage_record import UsageRecord
 
@@ -38,9 +36,6 @@ class ChatObserver:
     def __init__(self, reporter: Reporter = NO_REPORTER, prompt_log_users: Iterable[str] = ()):
         self.reporter = reporter
         self._prompt_users = frozenset(prompt_log_users)
-
-    def began(self, request_id: str) -> None:
-        set_current_request_id(request_id)
 
     def asked(self, request_id: str, chat: ChatRequest, streaming: bool) -> None:
         if not self.reporter.enabled:
