@@ -2,11 +2,11 @@
 
 Chat requests write theirs where the pipeline accounts for them (``ChatObserver.ended``),
 with the model, deployment, tokens, cost, cache result and attempts. Every other route
-(admin, keys, usage, models, health) gets its line from ``AccessLog``, a pure ASGI
+(admin, keys, usage, models, health, metrics) gets its line from ``AccessLog``, a pure ASGI
 middleware around the app: method, route, status, latency, the caller's ids when the route
 authenticated one, and the request id the route returned in ``x-request-id`` (a route that
 returns none gets one here, so every response has one). Health probes are logged at debug
-level only.
+level only, and so are Prometheus scrapes of ``/metrics``.
 
 Fields are ids and numbers, never a key, token, cookie, header or message content.
 """
@@ -26,7 +26,8 @@ from interlock.telemetry.logging import ACCESS_LOGGER
 from interlock.telemetry.request_ids import RequestIds
 from interlock.telemetry.sentry import NO_REPORTER, Reporter
 
-_HEALTH_PREFIX = "/health/"
+# Polled every few seconds by machines: their lines are debug-level, not to drown the rest.
+_PROBE_PATHS = ("/health/", "/metrics")
 _HEADER = b"x-request-id"
 _MAX_PATH = 200
 
@@ -103,7 +104,7 @@ class AccessLog:
                 route = scope.get("route")
                 template = getattr(route, "path", None)
                 log = access_logger()
-                write = log.debug if path.startswith(_HEALTH_PREFIX) else log.info
+                write = log.debug if path.startswith(_PROBE_PATHS) else log.info
                 write(
                     "request",
                     request_id=request_id,
