@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
+from interlock import __version__
 from interlock.api import admin, aisdk, anthropic, health, openai, privacy, usage
 from interlock.api import keys as own_keys
 from interlock.api import metrics as metrics_api
@@ -31,11 +32,12 @@ from interlock.api.errors import anthropic_error_response, openai_error_response
 from interlock.auth.identity import open_identity
 from interlock.cache import build_cache
 from interlock.chat.service import ChatService
-from interlock.components import Components
+from interlock.components import Components, components_of
 from interlock.errors import InterlockError, InternalError, NotFound
 from interlock.jobs.scheduler import start_scheduler
 from interlock.limits.budgets import Budgets
 from interlock.limits.rate_limits import RateLimiter
+from interlock.providers.probes import running_probes
 from interlock.providers.registry import ProviderRegistry
 from interlock.settings import Settings
 from interlock.state import build_state
@@ -44,9 +46,11 @@ from interlock.store.database import database_for
 from interlock.store.keys import KeyStore
 from interlock.store.migrate import prepare
 from interlock.store.secret import load_or_create_secret
+from interlock.telemetry.access_log import AccessLog
 from interlock.telemetry.ledger import build_ledger
 from interlock.telemetry.metrics import build_metrics
 from interlock.telemetry.prices import DeploymentPrices, packaged_price_table
+from interlock.telemetry.sentry import NO_REPORTER, Reporter, sentry_reporting
 from interlock.telemetry.tracing import build_tracing
 
 log = structlog.get_logger("interlock.app")
@@ -88,6 +92,7 @@ async def running(
     """Build every app-lifetime component; close them all on exit. ``tracer_provider``:
     where spans go, instead of the exporter the settings configure (tests, embedding)."""
     async with AsyncExitStack() as stack:
+        reporter = stack.enter_context(sentry_reporting(settings.sentry, release=__version__))
         database = database_for(settings)
         stack.push_async_callback(database.aclose)
         await prepare(database)
@@ -112,6 +117,7 @@ async def running(
         providers = ProviderRegistry(settings)
         stack.push_async_callback(providers.aclose)
         await providers.start()
+        probes = await stack.enter_async_context(running_probes(settings, providers.usable))
         # Routing, retries, circuits and capacity over the shared state (see chat.service).
         service = ChatService.from_config(settings.config, providers, state)
         stack.push_async_callback(service.aclose)
@@ -159,6 +165,8 @@ async def running(
             budgets=budgets,
             limiter=limiter,
             cache=cache,
+            reporter=reporter,
+            probes=probes,
             conversations=ConversationStore(database),
             metrics=metrics,
             tracing=tracing,
@@ -186,6 +194,7 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled_error", path=request.url.path)
+    components_of(request).reporter.unhandled(exc, {"route": request.url.path})
     return _error_response(request, InternalError())
 
 
@@ -215,12 +224,18 @@ class InterlockApp:
             ],
             exception_handlers={404: _not_found, 405: _not_found, Exception: _internal_error},
         )
+        # One access line per request (chat requests write their own) and Sentry's scope.
+        self._served = AccessLog(self.http, self._reporter)
+
+    def _reporter(self) -> Reporter:
+        components: Components | None = getattr(self.http.state, "components", None)
+        return NO_REPORTER if components is None else components.reporter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:
-            await self.http(scope, receive, send)
+            await self._served(scope, receive, send)
 
     @asynccontextmanager
     async def started(self) -> AsyncIterator[Components]:

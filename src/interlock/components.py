@@ -13,6 +13,7 @@ from interlock.chat.pipeline import ChatPipeline
 from interlock.chat.service import ChatService
 from interlock.limits.budgets import Budgets
 from interlock.limits.rate_limits import RateLimiter
+from interlock.providers.probes import DeploymentProbes
 from interlock.providers.registry import ProviderRegistry
 from interlock.routing.router import Router
 from interlock.settings import Settings
@@ -21,10 +22,12 @@ from interlock.store.conversations import ConversationStore
 from interlock.store.database import Database
 from interlock.store.keys import KeyStore
 from interlock.store.users import UserStore
+from interlock.telemetry.chat_observer import ChatObserver
 from interlock.telemetry.ledger import UsageLedger
 from interlock.telemetry.metrics import Metrics
 from interlock.telemetry.prices import DeploymentPrices
 from interlock.telemetry.request_ids import RequestIds
+from interlock.telemetry.sentry import NO_REPORTER, Reporter
 from interlock.telemetry.tracing import Tracing
 
 
@@ -49,6 +52,8 @@ class Components:
     limiter: RateLimiter  # rate limits per IP, key, user, tier and model
     cache: ResponseCache | None = None  # the response cache; None: none
     request_ids: RequestIds = field(default_factory=RequestIds)
+    reporter: Reporter = NO_REPORTER  # Sentry, when SENTRY_DSN is set
+    probes: DeploymentProbes | None = None  # reachability of the deployments, for readiness
     metrics: Metrics | None = None  # Prometheus metrics; None: [metrics] enabled = false
     tracing: Tracing | None = None  # OpenTelemetry spans; None: not configured
     pipeline: ChatPipeline = field(init=False)  # every chat request, whatever its protocol
@@ -64,6 +69,7 @@ class Components:
             prices=self.prices,
             request_ids=self.request_ids,
             cache=self.cache,
+            observer=ChatObserver(self.reporter, self.settings.config.logging.prompt_log_users),
             metrics=self.metrics,
             tracing=self.tracing,
         )

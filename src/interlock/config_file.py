@@ -587,6 +587,23 @@ class JobsConfig(_Strict):
         return value
 
 
+class LoggingConfig(_Strict):
+    """``[logging]``: what is logged beyond the one access line per request."""
+
+    prompt_log_users: list[str] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="user ids whose prompts and answers go to the interlock.prompts logger",
+    )
+
+
+class HealthConfig(_Strict):
+    """``[health]``: the background reachability probes behind ``/health/ready``."""
+
+    probe_interval: float = Field(default=30.0, ge=0, le=3600, description="seconds; 0: off")
+    probe_timeout: float = Field(default=5.0, gt=0, le=60, description="seconds per probe")
+
+
 class FileConfig(_Strict):
     """The whole of ``interlock.toml``."""
 
@@ -602,6 +619,8 @@ class FileConfig(_Strict):
     cache: CacheConfig = CacheConfig()
     jobs: JobsConfig = JobsConfig()
     backup: BackupConfig = BackupConfig()
+    logging: LoggingConfig = LoggingConfig()
+    health: HealthConfig = HealthConfig()
     aisdk: AiSdkConfig = AiSdkConfig()
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()

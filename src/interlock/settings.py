@@ -13,8 +13,9 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
@@ -34,8 +35,10 @@ from interlock.config_file import (  # re-exported: settings is where callers lo
     ConfigError,
     DeploymentConfig,
     FileConfig,
+    HealthConfig,
     LimitsConfig,
     LocalModelConfig,
+    LoggingConfig,
     MetricsConfig,
     ModelConfig,
     PositiveSeconds,
@@ -72,9 +75,11 @@ __all__ = [
     "DatabasePool",
     "DeploymentConfig",
     "FileConfig",
+    "HealthConfig",
     "JwtSettings",
     "LimitsConfig",
     "LocalModelConfig",
+    "LoggingConfig",
     "MetricsConfig",
     "ModelConfig",
     "PositiveSeconds",
@@ -83,6 +88,7 @@ __all__ = [
     "RetryConfig",
     "RoutingConfig",
     "S3Config",
+    "SentrySettings",
     "ServerConfig",
     "Settings",
     "StateFailure",
@@ -165,6 +171,21 @@ class BackupSecrets:
 
 
 @dataclass(frozen=True, slots=True)
+class SentrySettings:
+    """Error reporting to Sentry: present only when ``SENTRY_DSN`` is set."""
+
+    dsn: str
+    environment: str | None  # SENTRY_ENVIRONMENT
+    traces_sample_rate: float  # SENTRY_TRACES_SAMPLE_RATE; 0: errors only
+
+    def __repr__(self) -> str:  # the DSN holds the project's key
+        return (
+            f"SentrySettings(dsn='***', environment={self.environment!r}, "
+            f"traces_sample_rate={self.traces_sample_rate!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class TracingSettings:
     """Where traces go (OTLP over HTTP/protobuf). Present only when tracing is on."""
 
@@ -192,14 +213,16 @@ class Settings:
     redis_url: str | None  # None: shared state lives in this process
     config_path: Path | None
     config: FileConfig
-    secret: str | None  # INTERLOCK_SECRET; when None, the data dir keeps a generated one
-    admin_key: str | None
+    # Never in a repr (a log line or a traceback may show one): secrets, and the environment.
+    secret: str | None = field(repr=False)  # INTERLOCK_SECRET; None: the data dir keeps one
+    admin_key: str | None = field(repr=False)
     insecure_no_auth: bool
     jwt: JwtSettings | None  # None: no browser sessions, API keys only
     log_level: str
     log_format: Literal["json", "console"]
-    environ: Mapping[str, str]  # for api_key_env look-ups, kept as read once
+    environ: Mapping[str, str] = field(repr=False)  # for api_key_env look-ups, read once
     backup: BackupSecrets = BackupSecrets()
+    sentry: SentrySettings | None = None  # None: errors are not reported to Sentry
     metrics_token: str | None = None  # INTERLOCK_METRICS_TOKEN: scrapes from anywhere with it
     metrics_multiproc_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR: processes share it
     tracing: TracingSettings | None = None  # None: no spans are made at all
@@ -287,7 +310,10 @@ def load_settings(
     if log_level not in _LOG_LEVELS:
         problems.append(f"INTERLOCK_LOG_LEVEL: expected one of {', '.join(_LOG_LEVELS)}")
         log_level = "info"
-    log_format = env.get("INTERLOCK_LOG_FORMAT", "console").lower()
+    # Unset: readable lines for a person at a terminal, JSON lines for whatever collects them.
+    log_format = env.get("INTERLOCK_LOG_FORMAT", "").strip().lower() or (
+        "console" if sys.stderr.isatty() else "json"
+    )
     if log_format not in ("json", "console"):
         problems.append("INTERLOCK_LOG_FORMAT: expected json or console")
         log_format = "console"
@@ -314,6 +340,7 @@ def load_settings(
                         )
     jwt = _jwt_settings(env, problems, flag, leeway=config.auth.session_leeway)
     backup = _backup_secrets(env, problems)
+    sentry = _sentry_settings(env, problems)
     metrics_token, multiproc_dir = _metrics_settings(env, problems)
     tracing = _tracing_settings(env, config.tracing, problems)
     if problems:
@@ -335,10 +362,29 @@ def load_settings(
         log_format=log_format,  # type: ignore[arg-type]
         environ=env,
         backup=backup,
+        sentry=sentry,
         metrics_token=metrics_token,
         metrics_multiproc_dir=multiproc_dir,
         tracing=tracing,
     )
+
+
+def _sentry_settings(env: Mapping[str, str], problems: list[str]) -> SentrySettings | None:
+    """Sentry's settings, or None without ``SENTRY_DSN``. Never echoes the DSN."""
+    dsn = env.get("SENTRY_DSN", "").strip()
+    environment = env.get("SENTRY_ENVIRONMENT", "").strip() or None
+    rate = _number(env, "SENTRY_TRACES_SAMPLE_RATE", 0.0, 0.0, 1.0, problems)
+    if not dsn:
+        return None
+    try:
+        parts = urlsplit(dsn)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname and parts.username)
+    except ValueError:
+        valid = False
+    if not valid:
+        problems.append("SENTRY_DSN: expected a DSN, https://<key>@<host>/<project>")
+        return None
+    return SentrySettings(dsn=dsn, environment=environment, traces_sample_rate=rate)
 
 
 def _backup_secrets(env: Mapping[str, str], problems: list[str]) -> BackupSecrets:

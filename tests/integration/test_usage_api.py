@@ -521,9 +521,10 @@ async def test_the_usage_command_prints_a_table_json_and_csv(tmp_path: Path) -> 
     day = (TODAY - timedelta(days=40)).date().isoformat()
     as_csv = await run_usage(data_dir, "--since", day, "--until", day, "--format", "csv")
     assert as_csv.stdout.decode().splitlines() == [
-        "day,requests,input_tokens,output_tokens,cached_tokens,cost,cache_hit_rate,error_rate",
-        f"{day},1,100,20,0,0.00045,0.0,0.0",
-        "total,1,100,20,0,0.00045,0.0,0.0",
+        "day,requests,input_tokens,output_tokens,cached_tokens,cost,cache_hit_rate,error_rate,"
+        "latency_p50_ms,latency_p95_ms",
+        f"{day},1,100,20,0,0.00045,0.0,0.0,300.0,300.0",
+        "total,1,100,20,0,0.00045,0.0,0.0,300.0,300.0",
     ]
 
 

@@ -61,6 +61,10 @@ def make_settings(
         "FAKE_PROVIDER_KEY": "sk-fake-provider-key-123",
         **(env or {}),
     }
+    if config is not None and "health" not in config:
+        # No background probes unless a test asks for them: a probe's GET would show up in
+        # the fake upstream's ledger of every test that counts the calls it received.
+        config = {**config, "health": {"probe_interval": 0}}
     config_path = write_config(tmp_path / "interlock.toml", config) if config is not None else None
     return load_settings(environ, host="127.0.0.1", port=free_port(), config_path=config_path)
 

@@ -151,8 +151,9 @@ async def _save(gateway: Components, turn: Turn, answer: UIMessage) -> None:
                 regenerate=turn.regenerate,
                 regenerated_id=turn.regenerated_id,
             )
-    except Exception:
+    except Exception as exc:
         log.exception("conversation_not_saved", chat_id=turn.chat_id)
+        gateway.reporter.unhandled(exc, {"route": "/api/chat"})
 
 
 # ---- the chat routes -------------------------------------------------------------------------

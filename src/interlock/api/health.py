@@ -1,15 +1,25 @@
-"""Liveness and readiness, for load balancers and orchestrators. No authentication."""
+"""Liveness and readiness, for load balancers and orchestrators. No authentication.
+
+``/health/live``: the process answers. ``/health/ready``: 200 when the gateway can serve,
+503 when a required dependency is down (the database; every model deployment). Each
+dependency has its status (``ok``, ``degraded``, ``down``) and, when not ok, a fixed reason:
+never a URL, a key or an exception's text. Redis is optional (each concern has its own
+fail-open/closed rule), so a Redis that fails is ``degraded``, not unready; so are some, not
+all, deployments being unreachable. Deployment reachability comes from the background probes
+(``interlock.providers.probes``), never from a provider call per health request.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from interlock.components import components_of
+from interlock.components import Components, components_of
 
 # A readiness probe that hangs is worse than one that says no.
 _DATABASE_PING_TIMEOUT = 2.0
@@ -50,16 +60,35 @@ async def ready(request: Request) -> Response:
             }
         else:
             checks["redis"] = {"status": "ok"}
+    checks["models"] = _models_check(gateway)
+    statuses = {check["status"] for check in checks.values()}
+    if "down" in statuses:
+        return _json({"status": "unavailable", "checks": checks}, 503)
+    return _json({"status": "degraded" if "degraded" in statuses else "ready", "checks": checks})
+
+
+def _models_check(gateway: Components) -> dict[str, object]:
+    """The deployments, from the background probes' last results (never a provider call
+    here): down when none is reachable, degraded when some are not."""
     usable = gateway.providers.usable()
-    if usable:
-        checks["models"] = {"status": "ok", "usable_deployments": len(usable)}
+    probes = gateway.probes
+    if probes is None or not probes.enabled:
+        if usable:
+            return {"status": "ok", "usable_deployments": len(usable)}
+        return {"status": "down", "reason": "no model deployment is usable"}
+    now = time.time()
+    results = probes.results()
+    deployments = {name: result.as_json(now) for name, result in results.items()}
+    reachable = [name for name, result in results.items() if result.status != "down"]
+    body: dict[str, object] = {"usable_deployments": len(usable)}
+    if not results or not reachable:
+        body.update(status="down", reason="no model deployment is reachable")
+    elif len(reachable) < len(results):
+        body.update(status="degraded", reason="some model deployments are unreachable")
     else:
-        checks["models"] = {"status": "down", "reason": "no model deployment is usable"}
-    is_ready = all(check["status"] != "down" for check in checks.values())
-    return _json(
-        {"status": "ready" if is_ready else "unavailable", "checks": checks},
-        200 if is_ready else 503,
-    )
+        body["status"] = "ok"
+    body["deployments"] = deployments
+    return body
 
 
 routes = [

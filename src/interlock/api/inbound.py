@@ -10,6 +10,7 @@ from interlock.auth.principal import Principal
 from interlock.cache import CacheDirective
 from interlock.chat.pipeline import ChatCall
 from interlock.components import components_of
+from interlock.telemetry.access_log import note_principal
 
 
 def _peer(request: Request) -> str | None:
@@ -29,6 +30,7 @@ async def authenticate_request(request: Request, credential: str | None) -> Prin
     principal, _ = await components_of(request).pipeline.authenticate(
         credential, peer=_peer(request), forwarded_for=request.headers.getlist("x-forwarded-for")
     )
+    note_principal(principal.user_id, principal.key_id)  # for the access line
     return principal
 
 

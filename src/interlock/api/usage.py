@@ -143,6 +143,10 @@ def _totals(totals: UsageTotals) -> dict[str, Any]:
         "cost": totals.cost,
         "errors": totals.errors,
         "cache_hits": totals.cache_hits,
+        "cache_hit_rate": round(totals.cache_hit_rate, 4),
+        "error_rate": round(totals.error_rate, 4),
+        "latency_p50_ms": totals.latency_p50_ms,
+        "latency_p95_ms": totals.latency_p95_ms,
     }
 
 

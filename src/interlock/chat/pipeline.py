@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import structlog
@@ -47,13 +47,14 @@ from interlock.cache import (
 from interlock.cache.recorder import result_events
 from interlock.chat.service import ChatService
 from interlock.chat.stream import ChatStream, ServedBy, collect
-from interlock.chat.types import ChatRequest, ChatResult, Event, Usage
+from interlock.chat.types import ChatRequest, ChatResult, Event, TextDelta, Usage
 from interlock.errors import AuthenticationFailed, InterlockError, InternalError, InvalidRequest
 from interlock.limits.budgets import Budgets, Reservation
 from interlock.limits.quota import NO_QUOTAS, Quotas
 from interlock.limits.rate_limits import Admission, RateLimiter, RateLimitExceeded
 from interlock.providers.http import upstream_headers
 from interlock.settings import ServerConfig
+from interlock.telemetry.chat_observer import ChatObserver
 from interlock.telemetry.metrics import Metrics
 from interlock.telemetry.prices import DeploymentPrices
 from interlock.telemetry.request_ids import RequestIds
@@ -81,6 +82,8 @@ class ChatPipeline:
     prices: DeploymentPrices
     request_ids: RequestIds
     cache: ResponseCache | None = None  # None: no response cache
+    # The access line, error reports and the opt-in prompt log (interlock.telemetry).
+    observer: ChatObserver = field(default_factory=ChatObserver)
     metrics: Metrics | None = None  # None: metrics are off
     tracing: Tracing | None = None  # None: tracing is off, no span is made
 
@@ -136,6 +139,7 @@ class ChatCall:
         "_pipeline",
         "_quotas",
         "_reservation",
+        "_transcript",
         "chat",
         "principal",
         "request_id",
@@ -162,6 +166,7 @@ class ChatCall:
         self._quotas: Quotas = NO_QUOTAS  # the x-ratelimit-* values known so far
         self._cache: CacheDecision | None = None  # None until the cache was asked
         self._accounted = False
+        self._transcript: list[str] | None = None  # the answer, for the opt-in prompt log
 
     async def authenticate(
         self,
@@ -223,6 +228,8 @@ class ChatCall:
             if not stored:
                 with anyio.CancelScope(shield=True):
                     await decision.abandon()
+        if self._transcript is not None:
+            self._transcript.append(result.text)
         self._account(status=200, usage=result.usage)
         return result
 
@@ -265,7 +272,7 @@ class ChatCall:
             self._quotas = error.quotas
             if self._pipeline.metrics is not None:
                 self._pipeline.metrics.rate_limited(error.code)
-        self._account(status=error.status, error=error.code)
+        self._account(status=error.status, error=error.code, failure=error)
 
     def client_left(self) -> None:
         """The client went away before the answer started."""
@@ -278,6 +285,10 @@ class ChatCall:
         if principal is None:
             raise RuntimeError("authenticate before asking for an answer")
         self.chat = chat
+        observer = self._pipeline.observer
+        observer.asked(self.request_id, chat, self.streaming)
+        if observer.logs_prompts_of(principal):
+            self._transcript = []
         if self.served.trace is not None:
             self.served.trace.requested(chat, self.streaming)
         server = self._pipeline.server
@@ -310,16 +321,64 @@ class ChatCall:
         first_token_at: float | None = None,
         error: str | None = None,
         partial: bool = False,
+        failure: InterlockError | None = None,
     ) -> None:
         """Record the request's usage once and settle its budget hold at the real cost and
-        its rate-limit admission with the real tokens; accounting never fails a request."""
-        principal = self.principal
+        its rate-limit admission with the real tokens; accounting never fails a request.
+        Then its access line and error report (``ChatObserver.ended``)."""
         if self._accounted:
             return
         self._accounted = True
-        if principal is None:  # refused before the caller was known: no usage row
-            self._observe(status, error, None)
-            return
+        record = None
+        try:
+            record = self._settle(
+                status=status,
+                usage=usage,
+                output_chars=output_chars,
+                first_token_at=first_token_at,
+                error=error,
+                partial=partial,
+            )
+        finally:
+            self._observe(status, error, record)
+            self._log_end(status, failure or error, record)
+
+    def _log_end(
+        self, status: int, error: InterlockError | str | None, record: UsageRecord | None
+    ) -> None:
+        """The request's access line, error report and prompt log (``ChatObserver.ended``)."""
+        served = self.served
+        try:
+            self._pipeline.observer.ended(
+                request_id=self.request_id,
+                principal=self.principal,
+                chat=self.chat,
+                record=record,
+                status=status,
+                error=error,
+                started=self.started,
+                model=served.model,
+                deployment=served.deployment,
+                attempts=served.attempts,
+                cache=(self._cache.status if self._cache else CacheStatus.BYPASS).value,
+                answer="".join(self._transcript) if self._transcript is not None else None,
+            )
+        except Exception:
+            log.exception("request_not_logged", request_id=self.request_id)
+
+    def _settle(
+        self,
+        *,
+        status: int,
+        usage: Usage | None,
+        output_chars: int,
+        first_token_at: float | None,
+        error: str | None,
+        partial: bool,
+    ) -> UsageRecord | None:
+        principal = self.principal
+        if principal is None:  # no usage row for an unauthenticated caller
+            return None
         pipeline = self._pipeline
         chat = self.chat
         admission = self._admission
@@ -342,17 +401,17 @@ class ChatCall:
                 partial=partial,
                 cache_hit=self._cache is not None and self._cache.hit,
             )
-        except Exception:
+        except Exception as exc:
             log.exception("usage_not_recorded", request_id=self.request_id)
+            pipeline.observer.crashed(exc, request_id=self.request_id)
             if admission is not None:  # its slot is freed; its tokens stay charged
                 pipeline.limiter.settle_soon(admission, admission.reserved)
-            self._observe(status, error, None)
-            return  # the hold stays charged: never less than the real cost
-        self._observe(status, error, record)
+            return None  # the hold stays charged: never less than the real cost
         if admission is not None:
             pipeline.limiter.settle_soon(admission, record.input_tokens + record.output_tokens)
         if self._reservation is not None:
             pipeline.budgets.settle_soon(self._reservation, record.cost)
+        return record
 
     def _observe(self, status: int, error: str | None, record: UsageRecord | None) -> None:
         """The request's metrics and the end of its span, when they are on."""
@@ -392,7 +451,7 @@ class Reply:
     failure, or one abandoned by the client.
     """
 
-    __slots__ = ("_cache", "_call", "_ended", "_failure", "first_token_at", "stream")
+    __slots__ = ("_cache", "_call", "_ended", "_error", "_failure", "first_token_at", "stream")
 
     def __init__(
         self, call: ChatCall, stream: ChatStream, first_token_at: float, cache: CacheDecision
@@ -402,24 +461,33 @@ class Reply:
         self.first_token_at = first_token_at
         self._cache = cache
         self._failure: str | None = None
+        self._error: InterlockError | None = None
         self._ended = False
         metrics = call._pipeline.metrics
         if metrics is not None:
             metrics.stream_opened(call.route)
 
     async def events(self) -> AsyncIterator[Event]:
-        admission = self._call._admission
+        call = self._call
+        admission = call._admission
+        transcript = call._transcript
         try:
             async for event in self._cache.tee(self.stream.events()):
                 if admission is not None and admission.renew_due():
                     # a long answer keeps its concurrency slot past the lease
-                    await self._call._pipeline.limiter.renew(admission)
+                    await call._pipeline.limiter.renew(admission)
+                if transcript is not None and isinstance(event, TextDelta):
+                    transcript.append(event.text)
                 yield event
         except InterlockError as error:
-            self._failure = error.code
+            self._failure, self._error = error.code, error
             raise
         except Exception as exc:
-            log.exception("stream_failed", request_id=self._call.request_id)
+            log.exception("stream_failed", request_id=call.request_id)
+            served = self.stream.served
+            call._pipeline.observer.crashed(
+                exc, request_id=call.request_id, model=served.model, deployment=served.deployment
+            )
             self._failure = InternalError.code
             raise InternalError() from exc
 
@@ -449,6 +517,7 @@ class Reply:
             first_token_at=self.first_token_at,
             error=failure,
             partial=partial,
+            failure=self._error,
         )
         with anyio.CancelScope(shield=True):  # stored only once delivered whole
             if partial:

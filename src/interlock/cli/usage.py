@@ -1,4 +1,5 @@
-"""``interlock usage``: requests, tokens and cost per day, model, user or tier."""
+"""``interlock usage``: requests, tokens, cost, cache-hit and error rates and p50 / p95
+latency per day, model, user or tier, as a table, JSON or CSV."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ COLUMNS = (
     "cost",
     "cache_hit_rate",
     "error_rate",
+    "latency_p50_ms",
+    "latency_p95_ms",
 )
 
 
@@ -110,6 +113,8 @@ def _values(totals: UsageTotals) -> dict[str, object]:
         "cost": totals.cost,
         "cache_hit_rate": round(totals.cache_hit_rate, 4),
         "error_rate": round(totals.error_rate, 4),
+        "latency_p50_ms": totals.latency_p50_ms,
+        "latency_p95_ms": totals.latency_p95_ms,
     }
 
 
@@ -156,8 +161,11 @@ def _print_table(
         return
     table = Table(title=f"Usage by {by}, {where.start} to {where.end} (UTC)", show_footer=True)
     table.add_column(by, footer="total", no_wrap=True)
-    headers = ("requests", "input tokens", "output tokens", "cached", f"cost ({_currency()})")
-    for header, footer in zip((*headers, "cache hits", "errors"), _cells(total), strict=True):
+    headers = (
+        *("requests", "input tokens", "output tokens", "cached", f"cost ({_currency()})"),
+        *("cache hits", "errors", "p50 ms", "p95 ms"),
+    )
+    for header, footer in zip(headers, _cells(total), strict=True):
         table.add_column(header, footer=footer, justify="right", no_wrap=True)
     for group in groups:
         table.add_row(group.group or "-", *_cells(group))
@@ -173,4 +181,10 @@ def _cells(totals: UsageTotals) -> list[str]:
         f"{totals.cost:,.6f}",
         f"{totals.cache_hit_rate:.1%}",
         f"{totals.error_rate:.1%}",
+        _latency(totals.latency_p50_ms),
+        _latency(totals.latency_p95_ms),
     ]
+
+
+def _latency(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms:,.0f}"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
@@ -37,6 +36,7 @@ from interlock.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
+from interlock.redaction import scrub
 
 # ---- the tables ----------------------------------------------------------------------------
 
@@ -204,11 +204,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
 
 def sanitize_message(text: str, secret: str | None = None) -> str:
     """``text`` made safe to show: credentials masked, whitespace collapsed, truncated."""
-    text = text[: MAX_DETAIL_CHARS * 10]
-    if secret and len(secret) >= 4:
-        text = text.replace(secret, "***")
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
+    text = scrub(text[: MAX_DETAIL_CHARS * 10], secret)
     text = " ".join(text.split())
     if len(text) > MAX_DETAIL_CHARS:
         text = text[: MAX_DETAIL_CHARS - 1].rstrip() + "…"
@@ -216,19 +212,6 @@ def sanitize_message(text: str, secret: str | None = None) -> str:
 
 
 # ---- helpers -------------------------------------------------------------------------------
-
-_SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"(?i)\bbearer\s+[^\s\"',;]+"), "Bearer ***"),
-    (re.compile(r"\b(sk|rk|pk)-[A-Za-z0-9_\-*.]{6,}"), r"\1-***"),
-    (re.compile(r"(?<=://)[^/\s@]+@"), "***@"),
-    (
-        re.compile(
-            r"(?i)\b(api[_-]?key|x-api-key|key|token|access_token|secret|password)"
-            r"([\"']?\s*[=:]\s*[\"']?)[^\s&\"',;]+"
-        ),
-        r"\1\2***",
-    ),
-)
 
 
 def _class_for_status(status: int) -> type[UpstreamError]:

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Integer, String, case, func, select
+from sqlalchemy import ColumnElement, Integer, String, case, func, literal, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -42,6 +42,9 @@ class UsageTotals:
     cost: Decimal
     errors: int  # requests answered with a status of 400 or more (499: the client left)
     cache_hits: int
+    # Latency percentiles (ms) of the answered requests (status below 400); None: none.
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
 
     @property
     def error_rate(self) -> float:
@@ -91,13 +94,20 @@ class UsageStore:
             key = _group_key(group_by, conn.dialect.name).label("grp")
             query = select(key, *_totals()).where(*_conditions(where)).group_by(key).order_by(key)
             rows = (await conn.execute(query)).all()
-        return [_totals_of("" if row[0] is None else row[0], row[1:]) for row in rows]
+            latencies = await latency_percentiles(conn, where, key)
+        return [
+            _totals_of(
+                "" if row[0] is None else row[0], row[1:], latencies.get(row[0], _NO_PERCENTILES)
+            )
+            for row in rows
+        ]
 
     async def total(self, where: UsageFilter) -> UsageTotals:
         """The usage of every row ``where`` covers, as one total."""
         async with self._db.engine.connect() as conn:
             row = (await conn.execute(select(*_totals()).where(*_conditions(where)))).one()
-        return _totals_of(None, tuple(row))
+            latencies = await latency_percentiles(conn, where, None)
+        return _totals_of(None, tuple(row), latencies.get(None, _NO_PERCENTILES))
 
 
 async def insert_rows(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int:
@@ -154,7 +164,9 @@ def _conditions(where: UsageFilter) -> list[ColumnElement[bool]]:
     return conditions
 
 
-def _totals_of(group: Any, values: Sequence[Any]) -> UsageTotals:
+def _totals_of(
+    group: Any, values: Sequence[Any], latencies: tuple[float | None, float | None]
+) -> UsageTotals:
     requests, input_tokens, output_tokens, cached_tokens, cost, errors, cache_hits = values
     return UsageTotals(
         group=group if group is None else str(group),
@@ -166,6 +178,8 @@ def _totals_of(group: Any, values: Sequence[Any]) -> UsageTotals:
         cost=_ZERO if cost is None else tidy_amount(Decimal(str(cost))),
         errors=int(errors),
         cache_hits=int(cache_hits),
+        latency_p50_ms=latencies[0],
+        latency_p95_ms=latencies[1],
     )
 
 
@@ -175,3 +189,83 @@ def tidy_amount(amount: Decimal) -> Decimal:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return Decimal(text)
+
+
+# ---- latency percentiles ---------------------------------------------------------------------
+
+PERCENTILES = (50, 95)
+_NO_PERCENTILES: tuple[float | None, float | None] = (None, None)
+
+
+async def latency_percentiles(
+    conn: AsyncConnection, where: UsageFilter, key: ColumnElement[Any] | None
+) -> dict[Any, tuple[float | None, float | None]]:
+    """The p50 and p95 latency (ms) of the answered requests (status below 400) of each group
+    (``key``; None: all rows as one group, under the key None), interpolated between the two
+    nearest ranks as PostgreSQL's ``percentile_cont`` does.
+
+    PostgreSQL computes them itself. SQLite has no percentile function: a window query ranks
+    each group's latencies in the database and returns only the (at most four) ranks the
+    percentiles need, so memory stays bounded whatever the number of rows.
+    """
+    conditions = [*_conditions(where), UsageRow.status < 400]
+    if conn.dialect.name == "postgresql":
+        percentiles = [
+            func.percentile_cont(p / 100).within_group(UsageRow.latency_ms) for p in PERCENTILES
+        ]
+        if key is None:
+            row = (await conn.execute(select(*percentiles).where(*conditions))).one()
+            return {None: (_ms(row[0]), _ms(row[1]))}
+        query = select(key, *percentiles).where(*conditions).group_by(key)
+        return {row[0]: (_ms(row[1]), _ms(row[2])) for row in await conn.execute(query)}
+    return await _ranked_percentiles(conn, conditions, key)
+
+
+async def _ranked_percentiles(
+    conn: AsyncConnection,
+    conditions: Sequence[ColumnElement[bool]],
+    key: ColumnElement[Any] | None,
+) -> dict[Any, tuple[float | None, float | None]]:
+    group = (key if key is not None else literal(0)).label("grp")
+    partition = [key] if key is not None else []
+    ranked = (
+        select(
+            group,
+            UsageRow.latency_ms.label("latency"),
+            func.row_number()
+            .over(partition_by=partition, order_by=UsageRow.latency_ms)
+            .label("rank"),
+            func.count().over(partition_by=partition).label("size"),
+        )
+        .where(*conditions)
+        .subquery()
+    )
+    # 0-based positions: floor and ceiling of p/100 * (size - 1), in integer arithmetic.
+    wanted = []
+    for p in PERCENTILES:
+        wanted.append((ranked.c.size - 1) * p // 100)
+        wanted.append(((ranked.c.size - 1) * p + 99) // 100)
+    query = select(ranked.c.grp, ranked.c.latency, ranked.c.rank, ranked.c.size).where(
+        (ranked.c.rank - 1).in_(wanted)
+    )
+    ranks: dict[Any, tuple[int, dict[int, int]]] = {}
+    async for grp, latency, rank, size in await conn.stream(query):
+        ranks.setdefault(None if key is None else grp, (int(size), {}))[1][int(rank) - 1] = int(
+            latency
+        )
+    p50, p95 = PERCENTILES
+    return {
+        grp: (_interpolate(values, size, p50), _interpolate(values, size, p95))
+        for grp, (size, values) in ranks.items()
+    }
+
+
+def _interpolate(values: dict[int, int], size: int, percentile: int) -> float:
+    scaled = (size - 1) * percentile  # the position times 100
+    low, remainder = divmod(scaled, 100)
+    high = low + (1 if remainder else 0)
+    return round(values[low] + (values[high] - values[low]) * remainder / 100, 1)
+
+
+def _ms(value: Any) -> float | None:
+    return None if value is None else round(float(value), 1)

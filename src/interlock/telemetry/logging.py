@@ -1,12 +1,50 @@
-"""Structured logging: JSON lines in production, readable lines in a terminal."""
+"""Structured logging: JSON lines in production, readable lines in a terminal.
+
+Every line goes through ``redact`` last before rendering: values under a sensitive name
+(``authorization``, ``cookie``, ``api_key``, ``password``…) are masked whatever they hold,
+and any string value that looks like a credential is scrubbed (``interlock.redaction``). The
+code never logs prompts, completions or keys on purpose; this is the last line of defence.
+
+Loggers that a deployment may want to route apart carry their name in the ``logger`` field:
+``interlock.access`` (one line per request) and ``interlock.prompts`` (the opt-in prompt log).
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from collections.abc import Mapping, MutableMapping
+from typing import Any, Literal, TextIO
 
 import structlog
+
+from interlock.redaction import MASK, scrub
+
+ACCESS_LOGGER = "interlock.access"
+PROMPT_LOGGER = "interlock.prompts"
+
+# Field names whose values are credentials, whatever they look like.
+SENSITIVE_FIELDS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "api_key",
+        "api-key",
+        "x-api-key",
+        "apikey",
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "access_token",
+        "refresh_token",
+        "client_secret",
+        "credential",
+        "credentials",
+    }
+)
 
 
 class _Stderr:
@@ -20,11 +58,43 @@ class _Stderr:
         sys.stderr.flush()
 
 
-def configure_logging(level: str, format: Literal["json", "console"]) -> None:
+def _clean(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if depth >= 2:
+        return value
+    if isinstance(value, Mapping):
+        return {
+            key: MASK if str(key).lower() in SENSITIVE_FIELDS else _clean(item, depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_clean(item, depth + 1) for item in value]
+    return value
+
+
+def redact(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """The structlog processor that masks credentials (see the module doc)."""
+    for key, value in event_dict.items():
+        if key.lower() in SENSITIVE_FIELDS:
+            event_dict[key] = MASK
+        elif isinstance(value, str | Mapping | list | tuple):
+            event_dict[key] = _clean(value)
+    return event_dict
+
+
+def configure_logging(
+    level: str, format: Literal["json", "console"], stream: TextIO | None = None
+) -> None:
+    """Configure structlog for the process: ``level`` and up, to ``stream`` (stderr by
+    default), as JSON lines or for a terminal."""
+    out: Any = _Stderr() if stream is None else stream
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if format == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=stream is None and sys.stderr.isatty())
     )
     structlog.configure(
         processors=[
@@ -32,9 +102,11 @@ def configure_logging(level: str, format: Literal["json", "console"]) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(_Stderr()),  # type: ignore[arg-type]
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(out),
+        # A captured stream is a test's: it may configure again, and loggers must follow.
+        cache_logger_on_first_use=stream is None,
     )

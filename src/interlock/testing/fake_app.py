@@ -164,6 +164,11 @@ class FakeUpstreamApp:
         exchange = Exchange(wire, record, send)
         try:
             if scope["path"] == "/v1/models" and scope["method"] == "GET":
+                if self._require_key is not None and not wire.key_matches(
+                    headers, self._require_key
+                ):
+                    await exchange.error(401)
+                    return
                 body = wire.models_body(self._models)
                 await exchange.respond(200, body, exchange.json_headers(body))
             else:

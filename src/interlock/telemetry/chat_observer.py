@@ -1,0 +1,151 @@
+"""``ChatObserver``: what the chat pipeline tells the outside world about each request.
+
+Called by ``interlock.chat.pipeline`` at two moments:
+
+- ``asked``: the canonical request is known (a Sentry breadcrumb: counts and lengths only);
+- ``ended``: once per request, however it ended — the access line (``interlock.access``),
+  the closing breadcrumb, an upstream failure reported to Sentry, and, for the users listed in
+  ``[logging] prompt_log_users`` only, the prompt and answer on ``interlock.prompts``.
+
+``crashed`` reports an unexpected exception (one that became ``internal_error``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from interlock.auth.principal import Principal
+from interlock.chat.types import ChatRequest
+from interlock.errors import InterlockError, UpstreamError
+from interlock.telemetry.access_log import access_logger, current_context
+from interlock.telemetry.logging import PROMPT_LOGGER
+from interlock.telemetry.sentry import NO_REPORTER, Reporter
+from interlock.telemetry.usage_record import UsageRecord
+
+
+class ChatObserver:
+    """Logs and error reports for chat requests (see the module doc)."""
+
+    __slots__ = ("_prompt_users", "reporter")
+
+    def __init__(self, reporter: Reporter = NO_REPORTER, prompt_log_users: Iterable[str] = ()):
+        self.reporter = reporter
+        self._prompt_users = frozenset(prompt_log_users)
+
+    def asked(self, request_id: str, chat: ChatRequest, streaming: bool) -> None:
+        if not self.reporter.enabled:
+            return
+        self.reporter.breadcrumb(
+            "ai.request",
+            "chat request",
+            {
+                "request_id": request_id,
+                "model": chat.model,
+                "messages": len(chat.messages),
+                "input_chars": sum(len(message.text()) for message in chat.messages),
+                "max_tokens": chat.max_tokens,
+                "tools": len(chat.tools) if chat.tools else 0,
+                "stream": streaming,
+            },
+        )
+
+    def logs_prompts_of(self, principal: Principal | None) -> bool:
+        """True if this caller's prompts and answers are logged (``prompt_log_users``)."""
+        return (
+            principal is not None
+            and principal.user_id is not None
+            and principal.user_id in self._prompt_users
+        )
+
+    def ended(
+        self,
+        *,
+        request_id: str,
+        principal: Principal | None,
+        chat: ChatRequest | None,
+        record: UsageRecord | None,
+        status: int,
+        error: InterlockError | str | None,
+        started: float,
+        model: str,
+        deployment: str,
+        attempts: int,
+        cache: str,
+        answer: str | None = None,
+    ) -> None:
+        code = error.code if isinstance(error, InterlockError) else error
+        context = current_context()
+        if context is not None:
+            context.logged = True
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "method": "POST",
+            "route": context.route if context is not None else None,
+            "status": status,
+            "user_id": principal.user_id if principal is not None else None,
+            "key_id": principal.key_id if principal is not None else None,
+            "model": (chat.model if chat is not None else None) or None,
+            "served_model": model or None,
+            "deployment": deployment or None,
+            "attempts": attempts,
+            "cache": cache,
+            "error": code,
+        }
+        if record is not None:
+            fields.update(
+                latency_ms=record.latency_ms,
+                ttft_ms=record.ttft_ms,
+                input_tokens=record.input_tokens,
+                output_tokens=record.output_tokens,
+                cached_tokens=record.cached_tokens,
+                cost=_number(record.cost),
+                streaming=record.streaming,
+                partial=record.partial,
+            )
+        else:
+            fields["latency_ms"] = round((time.perf_counter() - started) * 1000)
+        access_logger().info("request", **fields)
+        reporter = self.reporter
+        if reporter.enabled:
+            reporter.breadcrumb(
+                "ai.response",
+                "chat response",
+                {key: value for key, value in fields.items() if key not in ("method", "route")},
+            )
+            if isinstance(error, UpstreamError):
+                reporter.upstream_failed(error, _tags(request_id, fields))
+        if chat is not None and self.logs_prompts_of(principal):
+            structlog.get_logger(PROMPT_LOGGER).bind(logger=PROMPT_LOGGER).info(
+                "prompt",
+                request_id=request_id,
+                user_id=fields["user_id"],
+                model=fields["model"],
+                messages=[{"role": m.role, "text": m.text()} for m in chat.messages],
+                answer=answer,
+                status=status,
+            )
+
+    def crashed(
+        self, exc: BaseException, *, request_id: str, model: str = "", deployment: str = ""
+    ) -> None:
+        self.reporter.unhandled(
+            exc, {"request_id": request_id, "model": model, "deployment": deployment}
+        )
+
+
+def _tags(request_id: str, fields: dict[str, Any]) -> dict[str, str]:
+    return {
+        "request_id": request_id,
+        "model": str(fields["model"] or ""),
+        "deployment": str(fields["deployment"] or ""),
+        "attempts": str(fields["attempts"]),
+    }
+
+
+def _number(amount: Decimal) -> float | int:
+    return int(amount) if amount == amount.to_integral_value() else float(amount)
