@@ -21,6 +21,7 @@ from interlock.store.database import Database
 from interlock.store.models import AuditEntry, UsageRow
 from interlock.testing.fake_upstream import Behavior, FakeUpstream
 from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
+from tests.support.aisdk import config as aisdk_config
 from tests.support.gateway import ADMIN_KEY, RunningGateway, make_settings, serve
 
 PASSPHRASE = "a long enough passphrase"
@@ -39,21 +40,7 @@ def gateway(
     env = {}
     if request.param == "postgresql":
         env["DATABASE_URL"] = request.getfixturevalue("postgres_url")
-    config = {
-        "models.gpt-fake": {
-            "deployments": [
-                {
-                    "provider": "openai",
-                    "model": "fake-model",
-                    "base_url": upstream.openai_base_url,
-                    "api_key_env": "FAKE_PROVIDER_KEY",
-                }
-            ]
-        },
-        "tiers.free": {"models": ["gpt-fake"], "rpm": 100_000},
-        "aisdk": {"default_model": "gpt-fake"},
-    }
-    with serve(make_settings(tmp_path, config, env)) as running:
+    with serve(make_settings(tmp_path, aisdk_config(upstream), env)) as running:
         yield running
 
 
@@ -100,6 +87,18 @@ def ui_chat(gateway: RunningGateway, upstream: FakeUpstream, key: str, text: str
         timeout=30,
     )
     assert response.status_code == 200, response.text
+
+
+def twins(gateway: RunningGateway, upstream: FakeUpstream) -> list[tuple[str, str]]:
+    """Ada and Bob, members with look-alike data: a key, a chat completion, and an AI SDK
+    conversation with the same chat id. Their ids and keys."""
+    made = []
+    for name in ("Ada", "Bob"):
+        user_id, key = member(gateway, name.lower())
+        chat(gateway, key)
+        ui_chat(gateway, upstream, key, f"{name}'s own question")
+        made.append((user_id, key))
+    return made
 
 
 def download(gateway: RunningGateway, path: str, key: str, passphrase: str = PASSPHRASE) -> Any:
@@ -156,12 +155,7 @@ def usage_of(gateway: RunningGateway, request_user: str) -> list[Any]:
 def test_a_member_exports_their_own_data_and_nobody_elses(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
-    ada, ada_key = member(gateway, "ada")
-    bob, bob_key = member(gateway, "bob")
-    chat(gateway, ada_key)
-    chat(gateway, bob_key)
-    ui_chat(gateway, upstream, ada_key, "Ada's own question")
-    ui_chat(gateway, upstream, bob_key, "Bob's own question")
+    (ada, ada_key), (bob, _bob_key) = twins(gateway, upstream)
 
     document = download(gateway, "/v1/me/export", ada_key)
     assert document["user_id"] == ada
@@ -218,12 +212,7 @@ def test_export_refusals_are_clear(gateway: RunningGateway) -> None:
 def test_a_member_erases_their_account_with_confirmation(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
-    ada, ada_key = member(gateway, "ada")
-    bob, bob_key = member(gateway, "bob")
-    chat(gateway, ada_key)
-    chat(gateway, bob_key)
-    ui_chat(gateway, upstream, ada_key, "Ada's own question")
-    ui_chat(gateway, upstream, bob_key, "Bob's own question")
+    (ada, ada_key), (bob, bob_key) = twins(gateway, upstream)
 
     error = error_of(call(gateway, "DELETE", "/v1/me", ada_key), 400)
     assert (error["code"], error["param"]) == ("confirmation_required", "confirm")
