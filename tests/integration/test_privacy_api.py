@@ -129,7 +129,9 @@ def audit(gateway: RunningGateway) -> list[Any]:
         database = Database(gateway.settings.database_url)
         try:
             async with database.engine.connect() as conn:
-                query = select(AuditEntry.actor, AuditEntry.subject, AuditEntry.details)
+                query = select(
+                    AuditEntry.actor, AuditEntry.action, AuditEntry.subject, AuditEntry.details
+                )
                 return list((await conn.execute(query.order_by(AuditEntry.at))).all())
         finally:
             await database.aclose()
@@ -173,6 +175,14 @@ def test_a_member_exports_their_own_data_and_nobody_elses(
 
     # an admin may export anyone's
     assert download(gateway, f"/admin/users/{bob}/export", ADMIN_KEY)["user_id"] == bob
+    # both are in the audit log: who, about whom, how the file is keyed
+    entries = [
+        (entry.actor.split(":")[0], entry.subject, entry.details) for entry in audit(gateway)
+    ]
+    assert entries == [
+        ("user", ada, {"key": "passphrase"}),
+        ("admin", bob, {"key": "passphrase"}),
+    ]
 
 
 def test_export_refusals_are_clear(gateway: RunningGateway) -> None:

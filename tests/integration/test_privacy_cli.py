@@ -77,6 +77,13 @@ def test_export_then_open_with_the_passphrase(env: dict[str, str], tmp_path: Pat
     line = failed(env, 2, "export", "open", str(sealed), "--passphrase-env", "EXPORT_PASSPHRASE")
     assert line == f"error: {plain} exists: choose another --out"
 
+    [entry] = json.loads(ok(env, "audit", "list", "--format", "json"))
+    assert (entry["action"], entry["subject"], entry["details"]) == (
+        "user.exported",
+        ada,
+        {"key": "passphrase"},
+    )
+
 
 def test_a_wrong_passphrase_or_a_damaged_file_leaves_no_output(
     env: dict[str, str], tmp_path: Path

@@ -34,9 +34,10 @@ from interlock.auth.principal import Principal
 from interlock.components import Components
 from interlock.errors import InvalidRequest, NotFound, RateLimited
 from interlock.privacy.erasure import erase_user
-from interlock.privacy.export import sealed_export
+from interlock.privacy.export import EXPORTED, sealed_export
 from interlock.privacy.sealed import SUFFIX, check_passphrase, passphrase_key
 from interlock.state import StateUnavailable
+from interlock.store import audit
 
 log = structlog.get_logger("interlock.privacy")
 
@@ -108,7 +109,7 @@ async def _existing(gateway: Components, user_id: str) -> str:
     return user_id
 
 
-async def _export(request: Request, gateway: Components, user_id: str) -> Response:
+async def _export(request: Request, gateway: Components, user_id: str, actor: str) -> Response:
     body = await decode_body(request, ExportBody)
     try:
         passphrase = check_passphrase(body.passphrase)
@@ -130,7 +131,19 @@ async def _export(request: Request, gateway: Components, user_id: str) -> Respon
         slots.release()
         raise
     now = datetime.now(UTC)
-    log.info("user_export_started", user_id=user_id)
+    try:
+        await audit.record(
+            gateway.database,
+            actor=actor,
+            action=EXPORTED,
+            subject=user_id,
+            details={"key": "passphrase"},
+            now=now,
+        )
+    except BaseException:
+        slots.release()
+        raise
+    log.info("user_export_started", user_id=user_id, actor=actor)
     filename = f"interlock-export-{user_id}-{now:%Y%m%dT%H%M%SZ}{SUFFIX}"
     return _ExportResponse(sealed_export(gateway.database, user_id, key, now=now), slots, filename)
 
@@ -153,7 +166,7 @@ async def _erase(gateway: Components, user_id: str, actor: str) -> Response:
 
 @authenticated
 async def export_own(request: Request, gateway: Components, principal: Principal) -> Response:
-    return await _export(request, gateway, principal.user_id)
+    return await _export(request, gateway, principal.user_id, f"user:{principal.user_id}")
 
 
 @authenticated
@@ -172,7 +185,8 @@ async def erase_own(request: Request, gateway: Components, principal: Principal)
 @authenticated
 async def export_user(request: Request, gateway: Components, principal: Principal) -> Response:
     require_admin(principal)
-    return await _export(request, gateway, path_id(request, "user_id", user_not_found))
+    user_id = path_id(request, "user_id", user_not_found)
+    return await _export(request, gateway, user_id, f"admin:{principal.user_id}")
 
 
 @authenticated

@@ -88,6 +88,11 @@ async def _database(settings: Settings) -> AsyncIterator[Database]:
         await database.aclose()
 
 
+def _cli_actor() -> str:
+    """Who runs this command, as the audit log names them."""
+    return f"cli:{getpass.getuser()}@{socket.gethostname()}"[:200]
+
+
 def export_user(
     user_id: Annotated[str, typer.Argument(help="The user's id.")],
     out: Annotated[
@@ -109,9 +114,11 @@ def export_user(
 ) -> None:
     """Export a user's data (profile, keys, usage) as an encrypted file."""
     from interlock.backup.keys import key_ring
-    from interlock.privacy.export import sealed_export
+    from interlock.privacy.export import EXPORTED, sealed_export
     from interlock.privacy.sealed import SUFFIX, passphrase_key
     from interlock.privacy.sealed import server_key as server_sealing_key
+    from interlock.store import audit
+    from interlock.store.users import UserStore
 
     settings = _settings(config_path=config)
     check_id(user_id, "user")
@@ -135,6 +142,16 @@ def export_user(
         if passphrase is not None:
             key = await asyncio.to_thread(passphrase_key, passphrase)
         async with _database(settings) as database:
+            if await UserStore(database).get(user_id) is None:
+                fail(["No user with this id."], EXIT_FAILED)
+            await audit.record(
+                database,
+                actor=_cli_actor(),
+                action=EXPORTED,
+                subject=user_id,
+                details={"key": "server key" if server_key else "passphrase"},
+                now=now,
+            )
             with progress_display(unit="rows") as progress:
                 async for piece in sealed_export(
                     database, user_id, key, now=now, progress=progress, counts=counts
@@ -169,7 +186,7 @@ def delete_user(
         if not sys.stdin.isatty():
             fail(["erasing a user cannot be undone: add --yes to go ahead"], EXIT_CONFIG)
         typer.confirm(f"Erase user {user_id} and all their data? This cannot be undone", abort=True)
-    actor = f"cli:{getpass.getuser()}@{socket.gethostname()}"[:200]
+    actor = _cli_actor()
 
     async def run() -> dict[str, Any]:
         async with _database(settings) as database:

@@ -33,6 +33,7 @@ from interlock.store.database import Database
 from interlock.store.models import ApiKey, Conversation, UsageRow, User
 from interlock.store.users import USER_COLUMNS
 
+EXPORTED = "user.exported"  # the audit log's action for an export
 FORMAT = "interlock-export"
 VERSION = 1
 BATCH = 1000

@@ -1,15 +1,16 @@
-"""The audit log, read: what was done to users' data, newest first (see ``AuditEntry``)."""
+"""The audit log: what was done to users' data (see ``AuditEntry``). Erasures write theirs in
+their own transaction (``interlock.privacy.erasure``); exports through ``record``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from interlock.store.database import Database
-from interlock.store.models import AuditEntry
+from interlock.store.models import AuditEntry, new_id
 
 MAX_PAGE = 1000
 
@@ -22,6 +23,29 @@ class AuditRecord:
     action: str
     subject: str
     details: dict[str, Any] | None
+
+
+async def record(
+    database: Database,
+    *,
+    actor: str,
+    action: str,
+    subject: str,
+    details: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Add one entry (``details``: counts and modes, never personal data)."""
+    async with database.engine.begin() as conn:
+        await conn.execute(
+            insert(AuditEntry).values(
+                id=new_id(),
+                at=(now or datetime.now(UTC)).astimezone(UTC),
+                actor=actor[:200],
+                action=action,
+                subject=subject,
+                details=details,
+            )
+        )
 
 
 async def recent(
