@@ -1,4 +1,4 @@
-"""The audit log: erasures of users' data, who asked and what was removed (counts only).
+"""The audit log: exports and erasures of users' data, who asked and what was touched (counts only).
 
 Revision ID: 0007_audit_log
 Revises: 0006_conversations
