@@ -19,6 +19,7 @@ from typing import Any, Literal, TextIO
 import structlog
 
 from interlock.redaction import MASK, scrub
+from interlock.telemetry.sentry import report_logged_exception
 
 ACCESS_LOGGER = "interlock.access"
 PROMPT_LOGGER = "interlock.prompts"
@@ -101,6 +102,7 @@ def configure_logging(
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            report_logged_exception,  # before the exception becomes text
             structlog.processors.format_exc_info,
             redact,
             renderer,
