@@ -198,6 +198,12 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return _error_response(request, InternalError())
 
 
+# The routes the chat pipeline serves: it writes their access lines itself.
+CHAT_PATHS = frozenset(
+    {"/v1/chat/completions", "/v1/messages", "/api/chat", "/api/chat/v4", "/api/chat/text"}
+)
+
+
 class InterlockApp:
     """The ASGI app: the HTTP routes, plus a lifespan that fails in one line, not a trace."""
 
@@ -225,7 +231,7 @@ class InterlockApp:
             exception_handlers={404: _not_found, 405: _not_found, Exception: _internal_error},
         )
         # One access line per request (chat requests write their own) and Sentry's scope.
-        self._served = AccessLog(self.http, self._reporter)
+        self._served = AccessLog(self.http, self._reporter, self_logging=CHAT_PATHS)
 
     def _reporter(self) -> Reporter:
         components: Components | None = getattr(self.http.state, "components", None)

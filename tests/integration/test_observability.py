@@ -420,6 +420,25 @@ def test_unhandled_errors_are_reported_scrubbed(tmp_path: Path) -> None:
     assert CANARY not in receiver.text
 
 
+def test_an_exception_logged_in_the_background_is_reported(lines: CapturedLines) -> None:
+    receiver = SentryReceiver()
+    try:
+        settings = SentrySettings(dsn=receiver.dsn, environment=None, traces_sample_rate=0.0)
+        with sentry_reporting(settings):
+            try:
+                raise OSError(f"disk full near sk-{CANARY}")
+            except OSError:
+                structlog.get_logger("interlock.telemetry.ledger").exception("usage_flush_failed")
+            structlog.get_logger("x").error("no exception here")  # not an event
+        events = receiver.events()
+    finally:
+        receiver.close()
+    [event] = events
+    assert event["tags"]["log_event"] == "usage_flush_failed"
+    assert event["exception"]["values"][0]["type"] == "OSError"
+    assert CANARY not in receiver.text
+
+
 def test_without_a_dsn_nothing_is_reported() -> None:
     with sentry_reporting(None) as reporter:
         assert not reporter.enabled

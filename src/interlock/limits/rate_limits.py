@@ -38,6 +38,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from interlock.auth.principal import Principal
@@ -80,9 +81,10 @@ class RateLimitExceeded(RateLimited):
         return self.quotas.headers()
 
 
+@lru_cache(maxsize=4096)
 def ip_bucket(ip: str) -> str:
     """The bucket name of a client address: the address itself, or its /64 for IPv6 (a
-    client that holds a /64 must not get 2**64 buckets)."""
+    client that holds a /64 must not get 2**64 buckets). Cached: the same clients come back."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
@@ -90,6 +92,12 @@ def ip_bucket(ip: str) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
     return str(address)
+
+
+@lru_cache(maxsize=4096)
+def _peer_address(peer: str) -> str:
+    """A TCP peer's address, normalised (cached: the same peers come back)."""
+    return client_ip(peer, None, ())
 
 
 def whole_seconds(seconds: float) -> float:
@@ -197,6 +205,8 @@ class RateLimiter:
 
     def client_ip(self, peer: str | None, x_forwarded_for: str | Sequence[str] | None) -> str:
         """The caller's address, honouring ``X-Forwarded-For`` from trusted proxies only."""
+        if not self.trusted_proxies and peer is not None:
+            return _peer_address(peer)  # the header cannot matter: skip reading it
         return client_ip(peer, x_forwarded_for, self.trusted_proxies)
 
     def _failures_bucket(self, ip: str, cost: int) -> Limit | None:

@@ -16,9 +16,11 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal, TextIO
 
+import msgspec
 import structlog
 
 from interlock.redaction import MASK, scrub
+from interlock.telemetry.sentry import report_logged_exception
 
 ACCESS_LOGGER = "interlock.access"
 PROMPT_LOGGER = "interlock.prompts"
@@ -58,6 +60,15 @@ class _Stderr:
         sys.stderr.flush()
 
 
+# msgspec writes a line several times faster than the json module; what it cannot encode
+# (an exception, a path) is written as its repr, as structlog's own fallback does.
+_LINE_ENCODER = msgspec.json.Encoder(enc_hook=repr)
+
+
+def _json_line(event_dict: Any, **_: Any) -> str:
+    return _LINE_ENCODER.encode(event_dict).decode()
+
+
 def _clean(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         return scrub(value)
@@ -92,7 +103,7 @@ def configure_logging(
     default), as JSON lines or for a terminal."""
     out: Any = _Stderr() if stream is None else stream
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_json_line)
         if format == "json"
         else structlog.dev.ConsoleRenderer(colors=stream is None and sys.stderr.isatty())
     )
@@ -101,6 +112,7 @@ def configure_logging(
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            report_logged_exception,  # before the exception becomes text
             structlog.processors.format_exc_info,
             redact,
             renderer,

@@ -10,6 +10,10 @@
   request's breadcrumbs: one when the AI request starts (message count, characters, token
   limit) and one when it ends (status, timing, token counts, cache result) — never content.
 
+An exception logged anywhere else (``log.exception`` in a background task: the usage ledger's
+writer, a scheduled job, the health probes) reaches Sentry too, through the logging
+processor ``report_logged_exception``; the SDK's deduplication drops one already reported.
+
 Each HTTP request runs in its own Sentry isolation scope (``request_scope``), so breadcrumbs
 never mix between requests. ``send_default_pii`` stays off (the SDK's default), and
 ``before_send`` / ``before_breadcrumb`` scrub every string of an event of anything that looks
@@ -19,6 +23,7 @@ like a credential (``interlock.redaction``).
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
@@ -93,6 +98,33 @@ class SentryReporter(Reporter):
             scope.set_tag("error_class", type(exc).__name__)
             scope.set_tag("error_code", "internal_error")
             self._sdk.capture_exception(exc)
+
+
+_ERROR_METHODS = frozenset({"exception", "error", "critical"})
+
+
+def report_logged_exception(logger: Any, method_name: str, event_dict: Any) -> Any:
+    """A structlog processor: an error logged with its exception goes to Sentry too, when
+    Sentry is set up (``sentry_sdk`` is not imported otherwise), tagged with the log event's
+    name. Never raises: logging must not fail because reporting did."""
+    exc_info = event_dict.get("exc_info")
+    if not exc_info or method_name not in _ERROR_METHODS:
+        return event_dict
+    sdk = sys.modules.get("sentry_sdk")
+    if sdk is None or not sdk.is_initialized():
+        return event_dict
+    if isinstance(exc_info, BaseException):
+        exc: BaseException | None = exc_info
+    elif isinstance(exc_info, tuple):
+        exc = exc_info[1]
+    else:
+        exc = sys.exc_info()[1]
+    if exc is not None:
+        with contextlib.suppress(Exception), sdk.new_scope() as scope:
+            scope.set_tag("log_event", str(event_dict.get("event", ""))[:200])
+            scope.set_tag("error_class", type(exc).__name__)
+            sdk.capture_exception(exc)
+    return event_dict
 
 
 def _tag(scope: Any, tags: Mapping[str, str], error: InterlockError | None) -> None:
