@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 from interlock import __version__
-from interlock.api import admin, aisdk, anthropic, health, openai, usage
+from interlock.api import admin, aisdk, anthropic, health, openai, privacy, usage
 from interlock.api import keys as own_keys
 from interlock.api import metrics as metrics_api
 from interlock.api.errors import anthropic_error_response, openai_error_response
@@ -226,6 +226,7 @@ class InterlockApp:
                 *usage.routes,
                 *admin.routes,
                 *own_keys.routes,
+                *privacy.routes,  # a user's export and erasure
             ],
             exception_handlers={404: _not_found, 405: _not_found, Exception: _internal_error},
         )

@@ -551,6 +551,16 @@ class HousekeepingJobConfig(JobConfig):
     timeout: float = Field(default=300.0, ge=1, le=86_400, description="seconds per run")
 
 
+class BackupJobConfig(JobConfig):
+    """``[jobs.backup]``: an encrypted backup to ``[backup]``'s destination, then a prune."""
+
+    schedule: str = Field(default="30 3 * * *", description="five-field cron, in UTC")
+    timeout: float = Field(default=21_600.0, ge=1, le=86_400, description="seconds per run")
+    prune: bool = Field(
+        default=True, description="delete what [backup] keep_last / keep_days no longer keep"
+    )
+
+
 class JobsConfig(_Strict):
     """``[jobs]``: the scheduler, and one table per built-in job."""
 
@@ -559,6 +569,7 @@ class JobsConfig(_Strict):
     )
     cleanup: CleanupJobConfig = CleanupJobConfig()
     housekeeping: HousekeepingJobConfig = HousekeepingJobConfig()
+    backup: BackupJobConfig = BackupJobConfig()
 
     @model_validator(mode="before")
     @classmethod

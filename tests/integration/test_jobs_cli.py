@@ -85,7 +85,7 @@ def test_jobs_run_records_and_lists_the_run(env: dict[str, str]) -> None:
     assert "before" in summary["usage"]  # usage_retention_days = 30 from the file
 
     listed = {job["job"]: job for job in as_json(env, "jobs", "list")}
-    assert set(listed) == {"cleanup", "housekeeping"}
+    assert set(listed) == {"cleanup", "housekeeping", "backup"}
     assert listed["cleanup"]["schedule"] == "30 3 * * *"
     assert listed["cleanup"]["next_run"].endswith("T03:30:00+00:00")
     assert listed["cleanup"]["last_run"]["outcome"] == "ok"
@@ -160,10 +160,10 @@ def test_a_failed_run_exits_with_1_and_keeps_its_summary(env: dict[str, str]) ->
 
 
 def test_unknown_jobs_and_old_schemas_are_one_line(env: dict[str, str]) -> None:
-    assert failed(env, 2, "jobs", "run", "backup") == (
-        "error: unknown job 'backup' (the jobs are: cleanup, housekeeping)"
+    assert failed(env, 2, "jobs", "run", "backups") == (
+        "error: unknown job 'backups' (the jobs are: cleanup, housekeeping, backup)"
     )
-    assert failed(env, 2, "jobs", "history", "backup").startswith("error: unknown job 'backup'")
+    assert failed(env, 2, "jobs", "history", "backups").startswith("error: unknown job 'backups'")
     ok(env, "db", "upgrade")
 
     async def downgrade_stamp() -> None:

@@ -61,7 +61,12 @@ def test_the_jobs_exist_without_configuration() -> None:
     assert (jobs.cleanup.schedule, jobs.cleanup.enabled) == ("0 2 * * *", True)
     assert (jobs.cleanup.key_retention_days, jobs.cleanup.usage_retention_days) == (30, 0)
     assert jobs.housekeeping.schedule == "*/10 * * * *"
-    assert list(configured_jobs(jobs)) == ["cleanup", "housekeeping"]
+    assert (jobs.backup.schedule, jobs.backup.enabled, jobs.backup.prune) == (
+        "30 3 * * *",
+        True,
+        True,
+    )
+    assert list(configured_jobs(jobs)) == ["cleanup", "housekeeping", "backup"]
 
 
 def test_jobs_are_configured_in_the_file(tmp_path: Path) -> None:
@@ -100,9 +105,9 @@ def test_every_problem_of_the_jobs_tables_is_one_line(tmp_path: Path) -> None:
 
 def test_an_unknown_job_is_named(tmp_path: Path) -> None:
     path = tmp_path / "interlock.toml"
-    path.write_text('[jobs.backups]\nschedule = "0 3 * * *"\n')
+    path.write_text('[jobs.backups]\nschedule = "0 3 * * *"\n')  # the job is `backup`
     with pytest.raises(ConfigError) as caught:
         load_file_config(path)
     assert caught.value.problems == [
-        "interlock.toml: jobs: unknown job 'backups' (the jobs are: cleanup, housekeeping)"
+        "interlock.toml: jobs: unknown job 'backups' (the jobs are: cleanup, housekeeping, backup)"
     ]

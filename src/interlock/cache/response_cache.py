@@ -183,7 +183,13 @@ class ResponseCache:
         rule = decide(self.config, request, directive)
         if rule.bypass:
             return self._bypass(rule.reason)
-        key = cache_key(request, Tenant.resolve(self.config.scope, user=user, team=team))
+        try:
+            tenant = await self.store.current(
+                Tenant.resolve(self.config.scope, user=user, team=team)
+            )
+        except StateUnavailable as error:
+            return self._unavailable("get", error)
+        key = cache_key(request, tenant)
         if not rule.read:
             return self._miss(key, rule, rule.reason)
         try:
@@ -194,6 +200,11 @@ class ResponseCache:
             self.stats.hits += 1
             return CacheDecision(CacheStatus.HIT, key, entry=entry)
         return await self._join_or_lead(key, rule)
+
+    async def forget_user(self, user: str) -> None:
+        """Make every entry of ``user``'s own tenant unreachable (an erasure); raises
+        ``StateUnavailable`` when the store cannot be written."""
+        await self.store.new_generation(Tenant("user", user))
 
     async def aclose(self) -> None:
         """Stop remote waits (their waiters get a miss) and finish pending writes."""

@@ -5,22 +5,32 @@ eviction), apart from the shared state's, so cached answers never push out other
 With Redis, entries are Redis strings with a TTL (``<prefix>kv:cache:<key>``) and Redis's
 ``maxmemory`` policy bounds them. Any failure of the store (Redis down, frozen, timing out)
 is logged and treated as a miss or a skipped write: the cache never fails a request.
+
+Entries cannot be listed per tenant (their keys are hashes), so a tenant's entries are
+dropped by generation: ``cachegen:<kind>:<id>`` holds a random token that is part of the
+tenant's keys once set. ``new_generation`` replaces it, and every entry stored before is
+never found again; each expires by its TTL. The token lives ``MAX_CACHE_TTL``, as long as
+any entry can: when it is gone, so are the entries it hid.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 
 import structlog
 
 from interlock.cache.entry import CacheEntry, decode_entry, encode_entry
+from interlock.cache.key import Tenant
+from interlock.config_file import MAX_CACHE_TTL
 from interlock.state import KeyValue, StateUnavailable
 from interlock.state.memory_kv import MemoryKeyValue
 
 log = structlog.get_logger("interlock.cache")
 
 ENTRY_PREFIX = "cache:"
+GENERATION_PREFIX = "cachegen:"
 # An outage is logged when first seen, then at most this often (seconds).
 LOG_EVERY = 10.0
 
@@ -62,6 +72,19 @@ class EntryStore:
 
     async def delete(self, key: str) -> bool:
         return await self.kv.delete(ENTRY_PREFIX + key)
+
+    async def current(self, tenant: Tenant) -> Tenant:
+        """``tenant`` as its entries are keyed now: with its generation, once it has one."""
+        token = await self.kv.get(f"{GENERATION_PREFIX}{tenant.kind}:{tenant.id}")
+        return tenant if token is None else Tenant(tenant.kind, f"{tenant.id}~{token.decode()}")
+
+    async def new_generation(self, tenant: Tenant) -> None:
+        """Orphan every entry of ``tenant`` stored until now (see the module doc)."""
+        await self.kv.set(
+            f"{GENERATION_PREFIX}{tenant.kind}:{tenant.id}",
+            secrets.token_hex(8).encode(),
+            ttl=MAX_CACHE_TTL,
+        )
 
 
 def memory_store(

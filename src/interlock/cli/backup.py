@@ -61,8 +61,13 @@ def human_bytes(size: int) -> str:
 class PlainProgress:
     """One line per stage on stdout, for logs and pipes."""
 
+    def __init__(self, unit: str = "bytes") -> None:
+        self._unit = unit
+
     def stage(self, description: str, total: int | None = None) -> None:
-        suffix = f" ({human_bytes(total)})" if total is not None else ""
+        suffix = ""
+        if total is not None:
+            suffix = f" ({human_bytes(total)})" if self._unit == "bytes" else f" ({total} rows)"
         typer.echo(f"{description}{suffix}...")
 
     def advance(self, amount: int) -> None:
@@ -79,7 +84,8 @@ class BarProgress:
     def stage(self, description: str, total: int | None = None) -> None:
         if self._task is not None:
             task = self._bar.tasks[-1]
-            self._bar.update(self._task, completed=task.total or 1, total=task.total or 1)
+            done = task.total if task.total is not None else 1  # an empty step is done too
+            self._bar.update(self._task, completed=done, total=done)
         self._task = self._bar.add_task(description, total=total)
 
     def advance(self, amount: int) -> None:
@@ -88,14 +94,17 @@ class BarProgress:
 
 
 @contextmanager
-def progress_display() -> Iterator[Progress]:
+def progress_display(unit: str = "bytes") -> Iterator[Progress]:
+    """A bar in a terminal, plain lines otherwise; totals counted in ``unit`` ("bytes" or
+    "rows")."""
     if not sys.stderr.isatty():
-        yield PlainProgress()
+        yield PlainProgress(unit)
         return
     from rich.console import Console
     from rich.progress import (
         BarColumn,
         DownloadColumn,
+        MofNCompleteColumn,
         Progress,
         SpinnerColumn,
         TextColumn,
@@ -106,7 +115,7 @@ def progress_display() -> Iterator[Progress]:
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
+        DownloadColumn() if unit == "bytes" else MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=Console(stderr=True),
         transient=False,

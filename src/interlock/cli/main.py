@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from interlock.cli import backup, jobs, keys, usage, users
+from interlock.cli import backup, jobs, keys, privacy, usage, users
 from interlock.cli.runtime import ConfigOption, run_async, settings_or_exit
 
 app = typer.Typer(
@@ -25,6 +25,10 @@ app.add_typer(users.app, name="users")
 app.add_typer(keys.app, name="keys")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(backup.app, name="backup")
+app.add_typer(privacy.app, name="export")
+app.add_typer(privacy.audit_app, name="audit")
+users.app.command("export")(privacy.export_user)
+users.app.command("delete")(privacy.delete_user)
 app.command("usage")(usage.usage)
 
 

@@ -89,6 +89,7 @@ def describe_failure(exc: BaseException, database: Database) -> str:
 
 
 def _kinds() -> tuple[JobKind[Any], ...]:
+    from interlock.jobs.backup import backup
     from interlock.jobs.cleanup import cleanup
     from interlock.jobs.housekeeping import housekeeping
 
@@ -104,6 +105,12 @@ def _kinds() -> tuple[JobKind[Any], ...]:
             "drop expired shared-state entries; write orphaned usage outboxes",
             lambda jobs: jobs.housekeeping,
             housekeeping,
+        ),
+        JobKind(
+            "backup",
+            "back up the database (encrypted) to [backup]'s destination, then prune old backups",
+            lambda jobs: jobs.backup,
+            backup,
         ),
     )
 

@@ -232,3 +232,21 @@ class Conversation(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)  # of ``messages`` as JSON
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+
+
+class AuditEntry(Base):
+    """Something done to a user's data that must be provable later: an erasure, say.
+
+    ``subject`` is the random id of the user concerned, never a name or an email; ``details``
+    holds counts, never the data itself. Kept when the user is gone: that is its point.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_subject_action", "subject", "action"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    actor: Mapped[str] = mapped_column(String(200))  # who: "user:<id>", "cli:<os user>@<host>"
+    action: Mapped[str] = mapped_column(String(64))  # what: "user.erased"
+    subject: Mapped[str] = mapped_column(String(64))
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))

@@ -69,7 +69,8 @@ def user_record(user: User) -> UserRecord:
     )
 
 
-_COLUMNS = (
+# A user's columns, as UserRecord's fields in order (the export reads the same).
+USER_COLUMNS = (
     User.id,
     User.name,
     User.email,
@@ -81,7 +82,7 @@ _COLUMNS = (
     User.daily_budget,
     User.monthly_budget,
 )
-_SELECT = select(*_COLUMNS)
+_SELECT = select(*USER_COLUMNS)
 
 
 def _row(row: Any) -> UserRecord:
