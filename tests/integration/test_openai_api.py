@@ -489,3 +489,36 @@ def test_a_client_leaving_while_sending_its_body_is_not_an_error(
     assert "unhandled_error" not in captured.out + captured.err
     assert "Traceback" not in captured.out + captured.err
     assert upstream.ledger[-1].body["messages"][0]["content"] == "Say hello"
+
+
+def test_a_bug_in_the_chat_route_is_a_clean_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from interlock.chat.pipeline import ChatPipeline
+
+    def broken(self: ChatPipeline, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug with a secret sk-canary-0123456789abcdef in it")
+
+    config = {
+        "models.m": {
+            "deployments": [
+                {
+                    "provider": "openai",
+                    "model": "x",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "api_key_env": "FAKE_PROVIDER_KEY",
+                }
+            ]
+        }
+    }
+    with serve(make_settings(tmp_path, config)) as gateway:
+        monkeypatch.setattr(ChatPipeline, "begin", broken)
+        response = httpx.post(
+            f"{gateway.openai_base_url}/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        )
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert (error["code"], error["type"]) == ("internal_error", "server_error")
+    assert "canary" not in response.text and "Traceback" not in response.text

@@ -22,8 +22,9 @@ import structlog
 from interlock.auth.principal import Principal
 from interlock.chat.types import ChatRequest
 from interlock.errors import InterlockError, UpstreamError
-from interlock.telemetry.access_log import access_logger, current_context
-from interlock.telemetry.logging import PROMPT_LOGGER
+from interlock.redaction import scrub
+from interlock.telemetry.access_log import current_context
+from interlock.telemetry.logging import PROMPT_LOGGER, write_access_line
 from interlock.telemetry.sentry import NO_REPORTER, Reporter
 from interlock.telemetry.usage_record import UsageRecord
 
@@ -89,7 +90,8 @@ class ChatObserver:
             "status": status,
             "user_id": principal.user_id if principal is not None else None,
             "key_id": principal.key_id if principal is not None else None,
-            "model": (chat.model if chat is not None else None) or None,
+            # The one field a client chooses freely: scrubbed like any logged text.
+            "model": scrub(chat.model) if chat is not None and chat.model else None,
             "served_model": model or None,
             "deployment": deployment or None,
             "attempts": attempts,
@@ -109,8 +111,8 @@ class ChatObserver:
             )
         else:
             fields["latency_ms"] = round((time.perf_counter() - started) * 1000)
-        access_logger().info("request", **fields)
         reporter = self.reporter
+        write_access_line(dict(fields) if reporter.enabled else fields)
         if reporter.enabled:
             reporter.breadcrumb(
                 "ai.response",

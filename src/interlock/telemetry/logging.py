@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 import msgspec
@@ -69,6 +70,44 @@ def _json_line(event_dict: Any, **_: Any) -> str:
     return _LINE_ENCODER.encode(event_dict).decode()
 
 
+class _FastLines:
+    """What ``write_access_line`` needs to write JSON lines past structlog's chain, and the
+    chain it stands for (when structlog is configured otherwise, it steps aside)."""
+
+    __slots__ = ("min_level", "out", "processors")
+
+    def __init__(self, processors: list[Any], out: Any, min_level: int) -> None:
+        self.processors = processors
+        self.out = out
+        self.min_level = min_level
+
+
+_fast: _FastLines | None = None
+
+
+def write_access_line(fields: dict[str, Any]) -> None:
+    """One line on ``interlock.access`` at info level, with ``fields``.
+
+    Written once per chat request, so it is made cheap: with the JSON format that
+    ``configure_logging`` set (production), the line is encoded and written directly, the
+    same JSON the chain would write. Its fields are ids, numbers and names the gateway chose,
+    so the chain's redaction has nothing to do; the caller scrubs what a client chose. With
+    any other configuration (a terminal, tests capturing logs) it goes through structlog.
+    """
+    fast = _fast
+    if fast is None or structlog.get_config()["processors"] is not fast.processors:
+        structlog.get_logger(ACCESS_LOGGER).bind(logger=ACCESS_LOGGER).info("request", **fields)
+        return
+    if fast.min_level > logging.INFO:
+        return
+    fields["logger"] = ACCESS_LOGGER
+    fields["event"] = "request"
+    fields["level"] = "info"
+    fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    fast.out.write(_LINE_ENCODER.encode(fields).decode() + "\n")
+    fast.out.flush()
+
+
 def _clean(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         return scrub(value)
@@ -101,23 +140,27 @@ def configure_logging(
 ) -> None:
     """Configure structlog for the process: ``level`` and up, to ``stream`` (stderr by
     default), as JSON lines or for a terminal."""
+    global _fast
     out: Any = _Stderr() if stream is None else stream
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(serializer=_json_line)
         if format == "json"
         else structlog.dev.ConsoleRenderer(colors=stream is None and sys.stderr.isatty())
     )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        report_logged_exception,  # before the exception becomes text
+        structlog.processors.format_exc_info,
+        redact,
+        renderer,
+    ]
+    min_level = logging.getLevelName(level.upper())
+    _fast = _FastLines(processors, out, min_level) if format == "json" else None
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            report_logged_exception,  # before the exception becomes text
-            structlog.processors.format_exc_info,
-            redact,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(min_level),
         logger_factory=structlog.PrintLoggerFactory(out),
         # A captured stream is a test's: it may configure again, and loggers must follow.
         cache_logger_on_first_use=stream is None,
