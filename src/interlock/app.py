@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -217,8 +217,8 @@ class ChatRoutes:
 
     def __init__(self, http: Starlette, paths: frozenset[str]) -> None:
         self._http = http
-        self._handlers: dict[str, ASGIApp] = {
-            route.path: route.app
+        self._handlers: dict[str, Callable[[Request], Awaitable[Response]]] = {
+            route.path: route.endpoint
             for route in http.routes
             if isinstance(route, Route)
             and route.path in paths
@@ -233,7 +233,8 @@ class ChatRoutes:
             return
         scope["app"] = self._http  # where the handlers find the app's components
         try:
-            await handler(scope, receive, send)
+            response = await handler(Request(scope, receive, send))
+            await response(scope, receive, send)
         except Exception as exc:
             response = await _internal_error(Request(scope), exc)
             with contextlib.suppress(Exception):  # too late if the answer had started

@@ -535,6 +535,13 @@ class CleanupJobConfig(JobConfig):
         strict=True,
         description="days usage rows are kept; 0 keeps them forever",
     )
+    conversation_retention_days: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_RETENTION_DAYS,
+        strict=True,
+        description="days a conversation is kept after its last message; 0 keeps them forever",
+    )
     run_retention_days: int = Field(
         default=90,
         ge=1,

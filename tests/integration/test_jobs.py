@@ -27,8 +27,9 @@ from interlock.store.database import Database
 from interlock.store.jobs import JobStore, RunRecord
 from interlock.store.keys import KeyStore
 from interlock.store.migrate import prepare
-from interlock.store.models import ApiKey, JobLease, UsageRow
+from interlock.store.models import ApiKey, Conversation, JobLease, UsageRow
 from interlock.store.usage import UsageStore
+from interlock.store.users import UserStore
 from tests.fixtures.databases import backend_fixture, database_url_fixture  # noqa: F401
 from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
 
@@ -503,6 +504,7 @@ async def test_cleanup_deletes_exactly_what_outlived_its_retention(
     assert summary == {
         "keys": {"deleted": 2, "before": (NOW - timedelta(days=30)).isoformat()},
         "usage": {"deleted": 2, "before": (NOW - timedelta(days=90)).isoformat()},
+        "conversations": {"deleted": 0, "kept": "forever (conversation_retention_days = 0)"},
         "job_runs": {"deleted": 1, "before": (NOW - timedelta(days=30)).isoformat()},
     }
 
@@ -516,6 +518,43 @@ async def test_cleanup_keeps_usage_by_default_and_keys_go_at_once_with_0_days(
     assert await usage_ids(db) == ["old"]
     assert summary["usage"] == {"deleted": 0, "kept": "forever (usage_retention_days = 0)"}
     assert await key_names(db, ids) == {"active", "expires_later", "env_admin"}
+
+
+async def test_cleanup_deletes_conversations_untouched_past_their_retention(
+    db: Database, settings: Settings
+) -> None:
+    users = UserStore(db)
+    ada, bob = await users.create("Ada"), await users.create("Bob")
+    rows = [
+        (ada.id, "recent", 5),
+        (ada.id, "stale", 40),
+        (bob.id, "stale", 41),  # the same chat id, another user's
+        (bob.id, "fresh", 0),
+    ]
+    async with db.session() as session:
+        for user_id, chat_id, days in rows:
+            when = NOW - timedelta(days=days)
+            session.add(
+                Conversation(
+                    user_id=user_id,
+                    id=chat_id,
+                    title=chat_id,
+                    messages=[],
+                    message_count=0,
+                    size_bytes=2,
+                    created_at=when,
+                    updated_at=when,
+                )
+            )
+        await session.commit()
+    config = CleanupJobConfig(conversation_retention_days=30)
+    summary = await cleanup(context_of(db, settings), config)
+    assert summary["conversations"]["deleted"] == 2
+    async with db.session() as session:
+        left = (await session.execute(select(Conversation.user_id, Conversation.id))).all()
+    assert sorted(left) == sorted([(ada.id, "recent"), (bob.id, "fresh")])
+    later = NOW + timedelta(days=1)
+    assert await retention.delete_conversations_before(db, later, batch=1) == 2
 
 
 async def test_deleting_runs_in_batches(db: Database) -> None:

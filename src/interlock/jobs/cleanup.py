@@ -3,8 +3,7 @@
 Steps run in order and independently: one that fails does not stop the others, and the run
 is then recorded as failed with the summary of every step. A step is a function of the
 context and the job's config returning its own summary; a new kind of data with a retention
-(conversations, say) is one more function in ``STEPS`` and one more key in
-``[jobs.cleanup]``.
+is one more function in ``STEPS`` and one more key in ``[jobs.cleanup]``.
 
 Usage rows are the bill: there is no table of totals to keep them in, so with
 ``usage_retention_days`` set, reports no longer cover what it deleted. It is 0 (keep
@@ -44,6 +43,15 @@ async def old_usage(context: JobContext, config: CleanupJobConfig) -> Summary:
     return {"deleted": deleted, "before": before.isoformat()}
 
 
+async def old_conversations(context: JobContext, config: CleanupJobConfig) -> Summary:
+    """Conversations untouched for ``conversation_retention_days`` (none when it is 0)."""
+    if config.conversation_retention_days == 0:
+        return {"deleted": 0, "kept": "forever (conversation_retention_days = 0)"}
+    before = context.now() - timedelta(days=config.conversation_retention_days)
+    deleted = await retention.delete_conversations_before(context.database, before)
+    return {"deleted": deleted, "before": before.isoformat()}
+
+
 async def old_job_runs(context: JobContext, config: CleanupJobConfig) -> Summary:
     """Records of job runs that finished more than ``run_retention_days`` ago."""
     before = context.now() - timedelta(days=config.run_retention_days)
@@ -54,6 +62,7 @@ async def old_job_runs(context: JobContext, config: CleanupJobConfig) -> Summary
 STEPS: tuple[tuple[str, Step], ...] = (
     ("keys", expired_keys),
     ("usage", old_usage),
+    ("conversations", old_conversations),
     ("job_runs", old_job_runs),
 )
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, not_, or_, select
+from sqlalchemy import ColumnElement, delete, not_, or_, select, tuple_
 
 from interlock.store.database import Database
 from interlock.store.keys import ENV_SHORT_ID_PREFIX
-from interlock.store.models import ApiKey, UsageRow
+from interlock.store.models import ApiKey, Conversation, UsageRow
 
 DEFAULT_BATCH = 5000
 
@@ -36,6 +36,30 @@ async def delete_dead_keys(db: Database, before: datetime, *, batch: int = DEFAU
 async def delete_usage_before(db: Database, before: datetime, *, batch: int = DEFAULT_BATCH) -> int:
     """Delete usage rows of requests made before ``before``; how many."""
     return await _delete_in_batches(db, UsageRow.request_id, (UsageRow.created_at < before,), batch)
+
+
+async def delete_conversations_before(
+    db: Database, before: datetime, *, batch: int = DEFAULT_BATCH
+) -> int:
+    """Delete conversations last changed before ``before``; how many."""
+    key = tuple_(Conversation.user_id, Conversation.id)  # a conversation's key is both
+    deleted = 0
+    while True:
+        async with db.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(Conversation.user_id, Conversation.id)
+                    .where(Conversation.updated_at < before)
+                    .limit(batch)
+                )
+            ).all()
+            if rows:
+                await conn.execute(
+                    delete(Conversation).where(key.in_([tuple(row) for row in rows]))
+                )
+        deleted += len(rows)
+        if len(rows) < batch:
+            return deleted
 
 
 async def _delete_in_batches(
