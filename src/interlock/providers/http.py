@@ -139,23 +139,9 @@ async def open_event_stream(
     is closed at once, so the upstream sees the disconnect and stops generating.
     ``secret`` is masked out of any provider message used in an error.
     """
-    extra = upstream_headers.get()
-    if extra:
-        headers = {**headers, **extra}
+    response = await _post(session, url, body, headers, request_timeout(timeouts))
     try:
-        response = await session.post(
-            url,
-            data=body,
-            headers=headers,
-            timeout=request_timeout(timeouts),
-            allow_redirects=False,
-        )
-    except TRANSPORT_ERRORS as exc:
-        raise classify_transport(exc) from None
-    try:
-        if not 200 <= response.status < 300:
-            error_body = await _read_bounded(response)
-            raise classify_status(response.status, response.headers, error_body, secret=secret)
+        await _check_status(response, secret)
         if response.content_type == "application/json":
             # A server that ignored "stream": true, or reported an error with a 200.
             reply = await _read_bounded(response)
@@ -197,23 +183,9 @@ async def post_for_json(
     larger than ``limit``, and transport errors. Cancellation closes the connection, so the
     upstream sees the disconnect and stops generating.
     """
-    extra = upstream_headers.get()
-    if extra:
-        headers = {**headers, **extra}
+    response = await _post(session, url, body, headers, whole_reply_timeout(timeouts))
     try:
-        response = await session.post(
-            url,
-            data=body,
-            headers=headers,
-            timeout=whole_reply_timeout(timeouts),
-            allow_redirects=False,
-        )
-    except TRANSPORT_ERRORS as exc:
-        raise classify_transport(exc) from None
-    try:
-        if not 200 <= response.status < 300:
-            error_body = await _read_bounded(response)
-            raise classify_status(response.status, response.headers, error_body, secret=secret)
+        await _check_status(response, secret)
         if response.content_type != "application/json":
             raise UpstreamProtocolError(
                 "The model provider did not reply with JSON to a non-streaming request."
@@ -233,6 +205,33 @@ async def post_for_json(
         raise
     response.release()
     return reply
+
+
+async def _post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    limits: aiohttp.ClientTimeout,
+) -> aiohttp.ClientResponse:
+    """Send one POST (with the request's own upstream headers: its id, its trace context);
+    ``limits`` are aiohttp's connect and read timeouts for it."""
+    extra = upstream_headers.get()
+    if extra:
+        headers = {**headers, **extra}
+    try:
+        return await session.post(
+            url, data=body, headers=headers, timeout=limits, allow_redirects=False
+        )
+    except TRANSPORT_ERRORS as exc:
+        raise classify_transport(exc) from None
+
+
+async def _check_status(response: aiohttp.ClientResponse, secret: str | None) -> None:
+    """Raise the classified error of a non-2xx reply (``secret`` masked out of it)."""
+    if not 200 <= response.status < 300:
+        error_body = await _read_bounded(response)
+        raise classify_status(response.status, response.headers, error_body, secret=secret)
 
 
 async def _read_all(response: aiohttp.ClientResponse, limit: int) -> bytes:

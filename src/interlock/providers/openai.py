@@ -291,43 +291,34 @@ class _Error(msgspec.Struct, gc=False):
     code: str | int | None = None
 
 
-class _Chunk(msgspec.Struct, gc=False):
-    choices: list[_Choice] | None = None
+class _Reply(msgspec.Struct, gc=False):
+    """What a chunk and a whole reply share: the usage, and a failure they may report."""
+
     usage: _Usage | None = None
     error: _Error | str | None = None
-    # vLLM-style servers report a failure as the chunk itself: {"object": "error", …}.
+    # vLLM-style servers report a failure as the reply itself: {"object": "error", …}.
     object: str | None = None
     message: str | None = None
     type: str | None = None
     code: str | int | None = None
+
+
+class _Chunk(_Reply, gc=False):
+    choices: list[_Choice] | None = None
 
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 
 
-class _ReplyMessage(msgspec.Struct, gc=False):
-    content: str | None = None
-    reasoning_content: str | None = None
-    reasoning: str | None = None
-    refusal: str | None = None
-    tool_calls: list[_ToolCall] | None = None
-
-
 class _ReplyChoice(msgspec.Struct, gc=False):
-    message: _ReplyMessage | None = None
+    message: _Delta | None = None  # a whole message has a delta's fields, all at once
     finish_reason: str | None = None
 
 
-class _Completion(msgspec.Struct, gc=False):
+class _Completion(_Reply, gc=False):
     """A whole (non-streamed) Chat Completions reply, or an error reported with a 200."""
 
     choices: list[_ReplyChoice] | None = None
-    usage: _Usage | None = None
-    error: _Error | str | None = None
-    object: str | None = None
-    message: str | None = None
-    type: str | None = None
-    code: str | int | None = None
 
 
 _decode_completion = msgspec.json.Decoder(_Completion).decode
@@ -372,7 +363,7 @@ def decode_completion(data: bytes, *, secret: str | None = None) -> list[Event]:
     return events
 
 
-def _raise_reported_error(reply: _Chunk | _Completion, secret: str | None) -> None:
+def _raise_reported_error(reply: _Reply, secret: str | None) -> None:
     """Raise the failure a reply reports in its body (``{"error": …}``, or vLLM's
     ``{"object": "error", …}``), if any."""
     error = reply.error
