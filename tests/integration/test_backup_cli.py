@@ -17,7 +17,6 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 from sqlalchemy.engine import make_url
-from typer.testing import CliRunner, Result
 
 from interlock.backup import postgres_dump
 from interlock.backup.archive import open_archive, seal
@@ -25,9 +24,9 @@ from interlock.backup.errors import BackupError
 from interlock.backup.keys import key_ring
 from interlock.backup.manifest import Manifest
 from interlock.backup.service import create_backup, restore_backup
-from interlock.cli import app
 from interlock.settings import load_settings
 from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
+from tests.support.cli import failed, ok
 from tests.support.gateway import SECRET
 
 KEY_A = base64.b64encode(b"A" * 32).decode()
@@ -50,25 +49,6 @@ def make_env(tmp_path: Path, config: str = "", **extra: str) -> dict[str, str]:
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     return make_env(tmp_path)
-
-
-def cli(env: dict[str, str], *args: str) -> Result:
-    return CliRunner().invoke(app, list(args), env=env)
-
-
-def ok(env: dict[str, str], *args: str) -> str:
-    result = cli(env, *args)
-    assert result.exit_code == 0, (result.stdout, result.stderr)
-    return result.stdout
-
-
-def failed(env: dict[str, str], status: int, *args: str) -> str:
-    result = cli(env, *args)
-    assert result.exit_code == status, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def user_names(env: dict[str, str]) -> list[str]:

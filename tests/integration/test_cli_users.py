@@ -15,11 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from typer.testing import CliRunner, Result
 
-from interlock.cli import app
 from interlock.testing.fake_upstream import FakeUpstream
 from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
+from tests.support.cli import cli, failed, ok
 from tests.support.gateway import SECRET, make_settings, serve
 
 KEY_LINE = re.compile(r"^\s+(il_(?:live|test)_\w{38})$", re.MULTILINE)
@@ -43,27 +42,8 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     return values
 
 
-def cli(env: dict[str, str], *args: str) -> Result:
-    return CliRunner().invoke(app, list(args), env=env)
-
-
-def ok(env: dict[str, str], *args: str) -> str:
-    result = cli(env, *args)
-    assert result.exit_code == 0, (result.stdout, result.stderr)
-    return result.stdout
-
-
 def as_json(env: dict[str, str], *args: str) -> Any:
     return json.loads(ok(env, *args, "--format", "json"))
-
-
-def failed(env: dict[str, str], status: int, *args: str) -> str:
-    result = cli(env, *args)
-    assert result.exit_code == status, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def test_users_are_created_listed_updated_and_disabled(env: dict[str, str]) -> None:

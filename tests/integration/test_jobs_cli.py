@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 import structlog
 from sqlalchemy import text
-from typer.testing import CliRunner, Result
 
-from interlock.cli import app
 from interlock.store.database import Database
 from interlock.store.jobs import JobStore
 from interlock.store.migrate import head_revision
 from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
+from tests.support.cli import cli, failed, ok
 from tests.support.gateway import SECRET
 
 
@@ -50,25 +49,6 @@ def default_logging() -> Iterator[None]:
 def database_of(env: dict[str, str]) -> Database:
     url = env["DATABASE_URL"] or f"sqlite+aiosqlite:///{env['INTERLOCK_DATA_DIR']}/interlock.db"
     return Database(url.replace("postgresql://", "postgresql+asyncpg://", 1))
-
-
-def cli(env: dict[str, str], *args: str) -> Result:
-    return CliRunner().invoke(app, list(args), env=env)
-
-
-def ok(env: dict[str, str], *args: str) -> str:
-    result = cli(env, *args)
-    assert result.exit_code == 0, (result.stdout, result.stderr)
-    return result.stdout
-
-
-def failed(env: dict[str, str], status: int, *args: str) -> str:
-    result = cli(env, *args)
-    assert result.exit_code == status, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
 
 
 def as_json(env: dict[str, str], *args: str) -> Any:

@@ -50,10 +50,13 @@ def ok(env: dict[str, str], *args: str) -> str:
 
 
 def failed(env: dict[str, str], status: int, *args: str) -> str:
-    """The command's one error line; it must exit with ``status``, without a traceback."""
+    """The command's one error line; it must exit with ``status``, without a traceback, and
+    write nothing else on stderr but log lines (JSON)."""
     result = cli(env, *args)
     assert result.exit_code == status, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr + result.stdout
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert all(line in errors or line.startswith("{") for line in lines), result.stderr
+    return errors[0]
