@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
+from interlock.config_base import PositiveSeconds
 from interlock.config_file import (  # re-exported: settings is where callers look
     BUDGET_DECIMAL_PLACES,
     DEFAULT_BASE_URLS,
@@ -30,7 +31,6 @@ from interlock.config_file import (  # re-exported: settings is where callers lo
     MAX_TPM,
     TIER_NAME,
     AuthConfig,
-    BackupConfig,
     BreakerConfig,
     ConfigError,
     DeploymentConfig,
@@ -41,12 +41,10 @@ from interlock.config_file import (  # re-exported: settings is where callers lo
     LoggingConfig,
     MetricsConfig,
     ModelConfig,
-    PositiveSeconds,
     ProviderKind,
     RateConfig,
     RetryConfig,
     RoutingConfig,
-    S3Config,
     ServerConfig,
     StateFailure,
     TierConfig,
@@ -57,6 +55,7 @@ from interlock.config_file import (  # re-exported: settings is where callers lo
     default_tiers,
     load_file_config,
 )
+from interlock.config_lifecycle import BackupConfig, S3Config
 
 __all__ = [
     "BUDGET_DECIMAL_PLACES",

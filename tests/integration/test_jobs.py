@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text, update
 
-from interlock.config_file import CleanupJobConfig, JobConfig
+from interlock.config_lifecycle import CleanupJobConfig, JobConfig
 from interlock.jobs.cleanup import cleanup
 from interlock.jobs.registry import Job, JobContext, JobFailed, Summary, configured_jobs
 from interlock.jobs.runner import JobRunner

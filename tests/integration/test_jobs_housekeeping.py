@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from interlock.app import running
-from interlock.config_file import HousekeepingJobConfig
+from interlock.config_lifecycle import HousekeepingJobConfig
 from interlock.jobs.housekeeping import housekeeping
 from interlock.jobs.registry import JobContext
 from interlock.settings import Settings, load_settings

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from interlock.backup.errors import BackupError
 from interlock.backup.service import create_backup, prune_backups
-from interlock.config_file import BackupJobConfig
+from interlock.config_lifecycle import BackupJobConfig
 from interlock.jobs.registry import JobContext, JobFailed, Summary
 
 

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 import structlog
 
-from interlock.config_file import CleanupJobConfig
+from interlock.config_lifecycle import CleanupJobConfig
 from interlock.jobs.registry import JobContext, JobFailed, Summary, describe_failure
 from interlock.store import retention
 from interlock.store.jobs import JobStore

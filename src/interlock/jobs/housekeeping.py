@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from interlock.config_file import HousekeepingJobConfig
+from interlock.config_lifecycle import HousekeepingJobConfig
 from interlock.jobs.registry import JobContext, Summary
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from interlock.config_file import JobConfig, JobsConfig
+from interlock.config_lifecycle import JobConfig, JobsConfig
 
 if TYPE_CHECKING:
     from interlock.settings import Settings
