@@ -5,21 +5,16 @@ shape."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
-from sqlalchemy import select
 
-from interlock.store.database import Database
-from interlock.store.models import UsageRow
 from interlock.testing.fake_upstream import Behavior, FakeUpstream, ToolCallReply
-from tests.support.gateway import ADMIN_KEY, RunningGateway, make_settings, serve
+from tests.support.gateway import ADMIN_KEY, RunningGateway, make_settings, serve, usage_rows
 
 PROVIDER_KEY = "sk-fake-provider-key-123"
 OLD_VERSION = "2023-06-01"
@@ -602,26 +597,6 @@ def test_unknown_routes_and_methods_under_messages_are_anthropic_shaped(
 
 
 # ---- usage -----------------------------------------------------------------------------------
-
-
-def usage_rows(gateway: RunningGateway, request_id: str, wait: float = 10.0) -> list[UsageRow]:
-    """The usage rows of ``request_id``, once the gateway has written them."""
-
-    async def read() -> list[UsageRow]:
-        database = Database(gateway.settings.database_url)
-        try:
-            async with database.session() as session:
-                query = select(UsageRow).where(UsageRow.request_id == request_id)
-                return list((await session.scalars(query)).all())
-        finally:
-            await database.aclose()
-
-    deadline = time.monotonic() + wait
-    while True:
-        rows = asyncio.run(read())
-        if rows or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.02)
 
 
 def test_every_messages_request_leaves_one_usage_row(

@@ -6,19 +6,16 @@ costs nothing in the usage ledger; callers can opt out per request."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from sqlalchemy import select
 
-from interlock.store.database import Database
 from interlock.store.models import UsageRow
 from interlock.testing.fake_upstream import Behavior, FakeUpstream
-from tests.support.gateway import ADMIN_KEY, RunningGateway, make_settings, serve
+from tests.support.gateway import ADMIN_KEY, RunningGateway, make_settings, serve, usage_rows
 
 
 @pytest.fixture(scope="module")
@@ -67,23 +64,9 @@ def ask(prompt: str) -> list[Any]:
     return [{"role": "user", "content": prompt}]
 
 
-def usage_row(gateway: RunningGateway, request_id: str, wait: float = 10.0) -> UsageRow:
-    async def read() -> list[UsageRow]:
-        database = Database(gateway.settings.database_url)
-        try:
-            async with database.session() as session:
-                query = select(UsageRow).where(UsageRow.request_id == request_id)
-                return list((await session.scalars(query)).all())
-        finally:
-            await database.aclose()
-
-    deadline = time.monotonic() + wait
-    while True:
-        rows = asyncio.run(read())
-        if rows or time.monotonic() > deadline:
-            [row] = rows
-            return row
-        time.sleep(0.02)
+def usage_row(gateway: RunningGateway, request_id: str) -> UsageRow:
+    [row] = usage_rows(gateway, request_id)
+    return row
 
 
 def test_a_repeated_request_is_answered_from_the_cache_and_costs_nothing(

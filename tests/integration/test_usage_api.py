@@ -4,12 +4,10 @@ fake upstream, each leaving exactly one usage row."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,19 +19,24 @@ import anyio
 import httpx
 import openai
 import pytest
-from sqlalchemy import select
 
 from interlock.app import create_app
 from interlock.components import Components
 from interlock.store.database import Database
 from interlock.store.keys import KeyStore
 from interlock.store.migrate import prepare
-from interlock.store.models import UsageRow
 from interlock.telemetry.ledger import UsageLedger
 from interlock.telemetry.usage_record import UsageRecord
 from interlock.testing.fake_upstream import Behavior, FakeUpstream
 from tests.fixtures.postgres import postgres_server, postgres_url  # noqa: F401
-from tests.support.gateway import ADMIN_KEY, SECRET, RunningGateway, make_settings, serve
+from tests.support.gateway import (
+    ADMIN_KEY,
+    SECRET,
+    RunningGateway,
+    make_settings,
+    serve,
+    usage_rows,
+)
 
 NOWHERE = "http://127.0.0.1:9/v1"  # the in-process tests never call a provider
 TODAY = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
@@ -294,26 +297,6 @@ def client(gateway: RunningGateway) -> Iterator[openai.OpenAI]:
 
 
 HELLO = [{"role": "user", "content": "Say hello to the usage ledger"}]
-
-
-def usage_rows(gateway: RunningGateway, request_id: str, wait: float = 10.0) -> list[UsageRow]:
-    """The usage rows of ``request_id``, once the gateway has written them."""
-
-    async def read() -> list[UsageRow]:
-        database = Database(gateway.settings.database_url)
-        try:
-            async with database.session() as session:
-                query = select(UsageRow).where(UsageRow.request_id == request_id)
-                return list((await session.scalars(query)).all())
-        finally:
-            await database.aclose()
-
-    deadline = time.monotonic() + wait
-    while True:
-        rows = asyncio.run(read())
-        if rows or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.02)
 
 
 def cost(input_tokens: int, output_tokens: int, in_price: Decimal, out_price: Decimal) -> Decimal:

@@ -4,6 +4,7 @@ anything about streaming runs against this)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -16,9 +17,12 @@ from typing import Any
 
 import uvicorn
 from opentelemetry.trace import TracerProvider
+from sqlalchemy import select
 
 from interlock.app import create_app
 from interlock.settings import Settings, load_settings
+from interlock.store.database import Database
+from interlock.store.models import UsageRow
 
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
 SECRET = "test-secret-0123456789abcdef0123456789"
@@ -119,3 +123,24 @@ def serve(
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def usage_rows(gateway: RunningGateway, request_id: str, wait: float = 10.0) -> list[UsageRow]:
+    """The usage rows of ``request_id``, once the gateway has written them (the ledger writes
+    in batches, so this waits up to ``wait`` seconds for them)."""
+
+    async def read() -> list[UsageRow]:
+        database = Database(gateway.settings.database_url)
+        try:
+            async with database.session() as session:
+                query = select(UsageRow).where(UsageRow.request_id == request_id)
+                return list((await session.scalars(query)).all())
+        finally:
+            await database.aclose()
+
+    deadline = time.monotonic() + wait
+    while True:
+        rows = asyncio.run(read())
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.02)
