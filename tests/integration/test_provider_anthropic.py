@@ -42,9 +42,9 @@ from interlock.providers.anthropic import (
     ANTHROPIC_VERSION,
     DEFAULT_MAX_TOKENS,
     AnthropicProvider,
-    AnthropicStreamDecoder,
     build_request_body,
 )
+from interlock.providers.anthropic_reply import AnthropicStreamDecoder
 from interlock.providers.base import Timeouts
 from interlock.providers.http import create_session
 from interlock.settings import DeploymentConfig
@@ -808,7 +808,7 @@ async def test_a_whole_reply_error_status_is_classified(
 
 
 def test_a_whole_reply_with_thinking_cache_and_stop_sequence() -> None:
-    from interlock.providers.anthropic import decode_message
+    from interlock.providers.anthropic_reply import decode_message
 
     reply = msgspec.json.encode(
         {
@@ -846,7 +846,7 @@ def test_a_whole_reply_with_thinking_cache_and_stop_sequence() -> None:
     ],
 )
 def test_whole_replies_that_report_or_are_failures(reply: bytes) -> None:
-    from interlock.providers.anthropic import decode_message
+    from interlock.providers.anthropic_reply import decode_message
 
     with pytest.raises(UpstreamError):
         decode_message(reply)

@@ -1,7 +1,8 @@
 """The OpenAI Chat Completions adapter, for OpenAI and any OpenAI-compatible server.
 
-Request: the canonical ``ChatRequest`` as a Chat Completions body, always streamed with
-``stream_options.include_usage``. Reply: ``data:`` chunks translated into canonical events;
+Request: the canonical ``ChatRequest`` as a Chat Completions body, streamed with
+``stream_options.include_usage``, or with ``"stream": false`` when the caller wants only the
+whole answer. Reply: ``data:`` chunks (or the one reply) translated into canonical events;
 usage and finish are held back and emitted once, in that order, after the stream ended
 (``[DONE]``, or the connection closing after a ``finish_reason``).
 
