@@ -8,7 +8,6 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import aiohttp
 import anyio
 import msgspec
 import pytest
@@ -46,7 +45,7 @@ from interlock.providers.anthropic import (
 )
 from interlock.providers.anthropic_reply import AnthropicStreamDecoder
 from interlock.providers.base import Timeouts
-from interlock.providers.http import create_session
+from interlock.providers.upstream_client import UpstreamClients
 from interlock.settings import DeploymentConfig
 from interlock.testing.fake_upstream import (
     Behavior,
@@ -442,23 +441,23 @@ def fresh_upstream(upstream: FakeUpstream) -> None:
 
 
 @pytest.fixture
-async def session(anyio_backend: str) -> AsyncIterator[aiohttp.ClientSession]:
-    async with create_session() as pooled:
+async def clients(anyio_backend: str) -> AsyncIterator[UpstreamClients]:
+    async with UpstreamClients() as pooled:
         yield pooled
 
 
 def provider_for(
-    base_url: str, session: aiohttp.ClientSession, api_key: str | None = KEY, **options: Any
+    base_url: str, clients: UpstreamClients, api_key: str | None = KEY, **options: Any
 ) -> AnthropicProvider:
     deployment = DeploymentConfig(
         provider="anthropic", model="claude-fake", base_url=base_url, api_key_env="FAKE_KEY"
     )
-    return AnthropicProvider(deployment, session, api_key, **options)
+    return AnthropicProvider(deployment, clients.for_url(base_url), api_key, **options)
 
 
 @pytest.fixture
-def provider(upstream: FakeUpstream, session: aiohttp.ClientSession) -> AnthropicProvider:
-    return provider_for(upstream.anthropic_base_url, session)
+def provider(upstream: FakeUpstream, clients: UpstreamClients) -> AnthropicProvider:
+    return provider_for(upstream.anthropic_base_url, clients)
 
 
 def ask(text: str = "Say hello", **fields: Any) -> ChatRequest:
@@ -723,9 +722,9 @@ async def test_a_cut_stream_ended_early_never_a_normal_finish(
 
 @pytest.mark.anyio
 async def test_a_huge_line_is_refused_without_reading_it_all(
-    upstream: FakeUpstream, session: aiohttp.ClientSession
+    upstream: FakeUpstream, clients: UpstreamClients
 ) -> None:
-    provider = provider_for(upstream.anthropic_base_url, session, max_event_bytes=64 * 1024)
+    provider = provider_for(upstream.anthropic_base_url, clients, max_event_bytes=64 * 1024)
     upstream.push(Behavior(huge_line_bytes=8 * 1024 * 1024))
     _, error = await collect_until_error(provider)
     assert type(error) is UpstreamProtocolError
@@ -734,11 +733,11 @@ async def test_a_huge_line_is_refused_without_reading_it_all(
 
 
 @pytest.mark.anyio
-async def test_connection_refused(session: aiohttp.ClientSession) -> None:
+async def test_connection_refused(clients: UpstreamClients) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # free now, and nobody listens once closed
-    provider = provider_for(f"http://127.0.0.1:{port}", session)
+    provider = provider_for(f"http://127.0.0.1:{port}", clients)
     events, error = await collect_until_error(provider)
     assert events == []
     assert type(error) is UpstreamConnectionFailed

@@ -8,7 +8,6 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import aiohttp
 import anyio
 import msgspec
 import pytest
@@ -38,13 +37,13 @@ from interlock.errors import (
     UpstreamTimeout,
 )
 from interlock.providers.base import Timeouts
-from interlock.providers.http import create_session
 from interlock.providers.openai import (
     OpenAIProvider,
     OpenAIStreamDecoder,
     build_request_body,
     max_tokens_field_for,
 )
+from interlock.providers.upstream_client import UpstreamClients
 from interlock.settings import DeploymentConfig
 from interlock.testing.fake_upstream import (
     Behavior,
@@ -347,23 +346,23 @@ def fresh_upstream(upstream: FakeUpstream) -> None:
 
 
 @pytest.fixture
-async def session(anyio_backend: str) -> AsyncIterator[aiohttp.ClientSession]:
-    async with create_session() as pooled:
+async def clients(anyio_backend: str) -> AsyncIterator[UpstreamClients]:
+    async with UpstreamClients() as pooled:
         yield pooled
 
 
 def provider_for(
-    base_url: str, session: aiohttp.ClientSession, api_key: str | None = KEY, **options: Any
+    base_url: str, clients: UpstreamClients, api_key: str | None = KEY, **options: Any
 ) -> OpenAIProvider:
     deployment = DeploymentConfig(
         provider="openai", model="fake-model", base_url=base_url, api_key_env="FAKE_KEY"
     )
-    return OpenAIProvider(deployment, session, api_key, **options)
+    return OpenAIProvider(deployment, clients.for_url(base_url), api_key, **options)
 
 
 @pytest.fixture
-def provider(upstream: FakeUpstream, session: aiohttp.ClientSession) -> OpenAIProvider:
-    return provider_for(upstream.openai_base_url, session)
+def provider(upstream: FakeUpstream, clients: UpstreamClients) -> OpenAIProvider:
+    return provider_for(upstream.openai_base_url, clients)
 
 
 def ask(text: str = "Say hello", **fields: Any) -> ChatRequest:
@@ -446,9 +445,9 @@ async def test_an_upstream_without_usage_gets_no_usage_event(
 
 @pytest.mark.anyio
 async def test_no_key_sends_no_authorization(
-    upstream: FakeUpstream, session: aiohttp.ClientSession
+    upstream: FakeUpstream, clients: UpstreamClients
 ) -> None:
-    await collect(provider_for(upstream.openai_base_url, session, api_key=None))
+    await collect(provider_for(upstream.openai_base_url, clients, api_key=None))
     assert "authorization" not in upstream.ledger[0].headers
 
 
@@ -605,9 +604,9 @@ async def test_a_cut_stream_ended_early_never_a_normal_finish(
 
 @pytest.mark.anyio
 async def test_a_huge_line_is_refused_without_reading_it_all(
-    upstream: FakeUpstream, session: aiohttp.ClientSession
+    upstream: FakeUpstream, clients: UpstreamClients
 ) -> None:
-    provider = provider_for(upstream.openai_base_url, session, max_event_bytes=64 * 1024)
+    provider = provider_for(upstream.openai_base_url, clients, max_event_bytes=64 * 1024)
     upstream.push(Behavior(huge_line_bytes=8 * 1024 * 1024))
     _, error = await collect_until_error(provider)
     assert type(error) is UpstreamProtocolError
@@ -617,11 +616,11 @@ async def test_a_huge_line_is_refused_without_reading_it_all(
 
 
 @pytest.mark.anyio
-async def test_connection_refused(session: aiohttp.ClientSession) -> None:
+async def test_connection_refused(clients: UpstreamClients) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # free now, and nobody listens once closed
-    provider = provider_for(f"http://127.0.0.1:{port}/v1", session)
+    provider = provider_for(f"http://127.0.0.1:{port}/v1", clients)
     events, error = await collect_until_error(provider)
     assert events == []
     assert type(error) is UpstreamConnectionFailed
@@ -664,24 +663,14 @@ async def test_closing_the_stream_early_disconnects_the_upstream(
 
 
 @pytest.mark.anyio
-async def test_the_connection_is_reused_after_a_complete_stream(upstream: FakeUpstream) -> None:
-    created: list[object] = []
-    reused: list[object] = []
-    tracing = aiohttp.TraceConfig()
-
-    async def on_create(*args: object) -> None:
-        created.append(args)
-
-    async def on_reuse(*args: object) -> None:
-        reused.append(args)
-
-    tracing.on_connection_create_end.append(on_create)
-    tracing.on_connection_reuseconn.append(on_reuse)
-    async with aiohttp.ClientSession(trace_configs=[tracing]) as traced:
-        provider = provider_for(upstream.openai_base_url, traced)
-        await collect(provider)
-        await collect(provider)
-    assert (len(created), len(reused)) == (1, 1)
+async def test_the_connection_is_reused_after_a_complete_stream(
+    provider: OpenAIProvider, upstream: FakeUpstream
+) -> None:
+    await collect(provider)
+    await collect(provider)
+    first, second = upstream.ledger
+    assert first.client_port is not None
+    assert first.client_port == second.client_port
 
 
 # ---- whole replies: a non-streaming caller's request is sent with "stream": false -------------
@@ -798,9 +787,9 @@ def test_a_whole_reply_with_reasoning_and_two_tool_calls() -> None:
 
 @pytest.mark.anyio
 async def test_a_whole_reply_over_the_size_limit_is_refused(
-    upstream: FakeUpstream, session: aiohttp.ClientSession
+    upstream: FakeUpstream, clients: UpstreamClients
 ) -> None:
-    provider = provider_for(upstream.openai_base_url, session, max_reply_bytes=1000)
+    provider = provider_for(upstream.openai_base_url, clients, max_reply_bytes=1000)
     upstream.push(Behavior(tokens=2000))
     with pytest.raises(UpstreamProtocolError, match="too large"):
         await whole(provider)

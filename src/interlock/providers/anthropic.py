@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from interlock.chat.types import (
@@ -35,6 +34,7 @@ from interlock.providers.anthropic_reply import AnthropicStreamDecoder, decode_m
 from interlock.providers.base import Timeouts
 from interlock.providers.http import open_event_stream, post_for_json
 from interlock.providers.sse import DEFAULT_MAX_BYTES
+from interlock.providers.upstream_client import UpstreamClient, target_on
 from interlock.settings import DeploymentConfig
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -43,7 +43,7 @@ DEFAULT_MAX_TOKENS = 4096
 
 
 class AnthropicProvider:
-    """One Anthropic deployment. The session is injected and never closed here.
+    """One Anthropic deployment. The upstream client is injected and never closed here.
 
     ``max_event_bytes`` bounds one SSE line or event of the reply (``UpstreamProtocolError``
     beyond it). The key is sent as a header only: never logged, shown or put in an error.
@@ -52,16 +52,17 @@ class AnthropicProvider:
     def __init__(
         self,
         deployment: DeploymentConfig,
-        session: aiohttp.ClientSession,
+        client: UpstreamClient,
         api_key: str | None,
         *,
         max_event_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
-        self._session = session
+        self._client = client
         self._max_event_bytes = max_event_bytes
         self._model = deployment.model
         self._api_key = api_key
         self._url = f"{deployment.base_url}/v1/messages"
+        self._target = target_on(client, self._url)
         self._headers = {
             "Content-Type": "application/json",
             "Accept": "text/event-stream",
@@ -85,8 +86,8 @@ class AnthropicProvider:
         body = build_request_body(request, self._model)
         body["stream"] = False
         reply = await post_for_json(
-            self._session,
-            self._url,
+            self._client,
+            self._target,
             body=msgspec.json.encode(body),
             headers=self._json_headers,
             timeouts=timeouts,
@@ -101,8 +102,8 @@ class AnthropicProvider:
         body = msgspec.json.encode(build_request_body(request, self._model))
         decoder = AnthropicStreamDecoder(secret=self._api_key)
         async with open_event_stream(
-            self._session,
-            self._url,
+            self._client,
+            self._target,
             body=body,
             headers=self._headers,
             timeouts=timeouts,
@@ -120,7 +121,7 @@ class AnthropicProvider:
             yield event
 
     async def aclose(self) -> None:
-        """Nothing to release: the session belongs to the app."""
+        """Nothing to release: the upstream client belongs to the app."""
 
 
 # ---- request: canonical → wire -------------------------------------------------------------

@@ -7,7 +7,7 @@ branches spread over the adapters:
   the body (OpenAI ``{"error": {type, code, message}}``, Anthropic ``{"type": "error",
   "error": {type, message}}``), with ``retry_after`` from ``retry-after-ms`` / ``retry-after``;
 - ``classify_error_event``: an error reported inside a 200 event stream, by its type/code;
-- ``classify_transport``: an aiohttp / socket exception.
+- ``classify_transport``: an exception of the upstream client, aiohttp or the socket.
 
 Every message built here is safe to show a caller: the provider's own message is truncated
 and stripped of anything that looks like a credential, and transport errors never include
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
+import ssl
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
@@ -36,6 +38,7 @@ from interlock.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
+from interlock.providers import upstream_client as client
 from interlock.redaction import scrub
 
 # ---- the tables ----------------------------------------------------------------------------
@@ -106,7 +109,17 @@ _CONTEXT_LENGTH_PHRASES = (
 )
 
 _TRANSPORT: tuple[tuple[type[BaseException], type[UpstreamError], str], ...] = (
-    # Order matters: aiohttp's timeout errors are also connection errors.
+    # Order matters: the first match wins, so subclasses come before their bases.
+    (client.ConnectTimeout, UpstreamTimeout, "connect timeout"),
+    (client.ReadTimeout, UpstreamTimeout, "read timeout"),
+    (client.ServerDisconnected, UpstreamConnectionFailed, "server disconnected"),
+    (client.BodyIncomplete, UpstreamProtocolError, "stream ended early"),
+    (client.InvalidResponse, UpstreamProtocolError, "invalid HTTP response"),
+    (socket.gaierror, UpstreamConnectionFailed, "name resolution failed"),
+    (ssl.SSLCertVerificationError, UpstreamConnectionFailed, "certificate error"),
+    (ssl.SSLError, UpstreamConnectionFailed, "TLS error"),
+    (ConnectionRefusedError, UpstreamConnectionFailed, "connection failed"),
+    # aiohttp's timeout errors are also connection errors.
     (aiohttp.ConnectionTimeoutError, UpstreamTimeout, "connect timeout"),
     (aiohttp.ServerTimeoutError, UpstreamTimeout, "read timeout"),
     (asyncio.TimeoutError, UpstreamTimeout, "timeout"),
@@ -124,7 +137,12 @@ _TRANSPORT: tuple[tuple[type[BaseException], type[UpstreamError], str], ...] = (
     (OSError, UpstreamConnectionFailed, "connection error"),
 )
 
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, TimeoutError)
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    client.UpstreamTransportError,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+)
 """What to catch around network I/O and hand to ``classify_transport``."""
 
 MAX_DETAIL_CHARS = 200

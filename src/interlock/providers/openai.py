@@ -18,7 +18,6 @@ from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
 
 from interlock.chat.types import (
@@ -39,6 +38,7 @@ from interlock.providers.base import Timeouts
 from interlock.providers.classify import classify_error_event
 from interlock.providers.http import WHOLE_REPLY_LIMIT, open_event_stream, post_for_json
 from interlock.providers.sse import DEFAULT_MAX_BYTES
+from interlock.providers.upstream_client import UpstreamClient, target_on
 from interlock.settings import DeploymentConfig
 
 MAX_COMPLETION_TOKENS_HOSTS = frozenset({"api.openai.com"})
@@ -55,7 +55,7 @@ _FINISH_REASONS: dict[str, FinishReason] = {
 
 
 class OpenAIProvider:
-    """One OpenAI-compatible deployment. The session is injected and never closed here.
+    """One OpenAI-compatible deployment. The upstream client is injected and never closed here.
 
     ``max_event_bytes`` bounds one SSE line or event of the reply, ``max_reply_bytes`` a
     whole reply (``UpstreamProtocolError`` beyond them). The key is sent as a header only:
@@ -65,18 +65,19 @@ class OpenAIProvider:
     def __init__(
         self,
         deployment: DeploymentConfig,
-        session: aiohttp.ClientSession,
+        client: UpstreamClient,
         api_key: str | None,
         *,
         max_event_bytes: int = DEFAULT_MAX_BYTES,
         max_reply_bytes: int = WHOLE_REPLY_LIMIT,
     ) -> None:
-        self._session = session
+        self._client = client
         self._max_event_bytes = max_event_bytes
         self._max_reply_bytes = max_reply_bytes
         self._model = deployment.model
         self._api_key = api_key
         self._url = f"{deployment.base_url}/chat/completions"
+        self._target = target_on(client, self._url)
         self._max_tokens_field = max_tokens_field_for(deployment.base_url)
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if api_key:
@@ -98,8 +99,8 @@ class OpenAIProvider:
         body["stream"] = False
         del body["stream_options"]
         reply = await post_for_json(
-            self._session,
-            self._url,
+            self._client,
+            self._target,
             body=msgspec.json.encode(body),
             headers=self._json_headers,
             timeouts=timeouts,
@@ -117,8 +118,8 @@ class OpenAIProvider:
         )
         decoder = OpenAIStreamDecoder(secret=self._api_key)
         async with open_event_stream(
-            self._session,
-            self._url,
+            self._client,
+            self._target,
             body=body,
             headers=self._headers,
             timeouts=timeouts,
@@ -137,7 +138,7 @@ class OpenAIProvider:
             yield event
 
     async def aclose(self) -> None:
-        """Nothing to release: the session belongs to the app."""
+        """Nothing to release: the upstream client belongs to the app."""
 
 
 # ---- request: canonical → wire -------------------------------------------------------------
