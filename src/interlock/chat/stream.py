@@ -115,6 +115,9 @@ class ChatStream:
         self.output_chars = 0  # delivered so far, for estimates and partial usage
         self.usage: Usage | None = None
         self.finish: Finish | None = None
+        # ``events`` ran to the end: the upstream call is closed and the attempt settled,
+        # so ``aclose`` has nothing left to do (and need not be shielded from cancellation).
+        self.ended = False
 
     async def events(self) -> AsyncIterator[Event]:
         usage: Usage | None = None
@@ -161,6 +164,7 @@ class ChatStream:
             if admission.observer is not None:
                 admission.observer.answered(self.usage, finish)
             await settler.guard.succeeded(admission, self.usage.total_tokens)
+        self.ended = True
         yield self.usage
         yield finish
 
