@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from interlock.auth.principal import Principal
+from interlock.auth.principal import Principal, Scope
 from interlock.chat.stream import estimate_tokens, request_length
 from interlock.chat.types import ChatRequest
 from interlock.errors import RateLimited, ServiceUnavailable
@@ -121,6 +121,10 @@ def _narrower(key: int | None, user: int | None) -> int | None:
     if key is None or (user is not None and key >= user):
         return None
     return key
+
+
+def _no_rates(scope: Scope) -> bool:
+    return scope.rpm is None and scope.tpm is None and scope.max_concurrent is None
 
 
 def _requests_quota(status: ScopeStatus) -> Quotas:
@@ -351,6 +355,16 @@ class RateLimiter:
             pools.append((f"rl:user:{principal.user_id}:concurrent", user_cap))
         return pools
 
+    def _unlimited(self, principal: Principal, model: str) -> bool:
+        """True when no rate limit applies to ``principal`` on ``model`` (so ``_buckets`` and
+        ``_pools`` would both be empty); False when one may."""
+        return (
+            _no_rates(principal.owner_scope)
+            and (principal.key_id is None or _no_rates(principal.scope))
+            and principal.tier not in self._tiers
+            and model not in self._models
+        )
+
     def holder(self) -> str:
         """A fresh id for one request's slots, unique across instances."""
         return f"{self._instance}-{next(self._counter)}"
@@ -366,6 +380,8 @@ class RateLimiter:
         is ``closed``). ``before`` are the quotas ``before_auth`` returned, reported too when
         tighter. The ``Admission`` must be given to ``settle`` when the request ends.
         """
+        if self._unlimited(principal, request.model):
+            return Admission(before)  # nothing to take: no need to estimate the tokens
         pools = self._pools(principal)
         tokens = self.reserved_tokens(request)
         buckets = self._buckets(principal, request.model, tokens)
