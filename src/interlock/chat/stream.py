@@ -21,6 +21,7 @@ from interlock.chat.types import (
     Finish,
     ReasoningDelta,
     TextDelta,
+    TextPart,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -51,8 +52,14 @@ def estimate_tokens(text_length: int) -> int:
 
 
 def request_length(request: ChatRequest) -> int:
-    """The characters of the request's text, for token estimates."""
-    return sum(len(message.text()) for message in request.messages)
+    """The characters of the request's text, for token estimates (counted part by part:
+    the messages' texts are not joined for it)."""
+    return sum(
+        len(part.text)
+        for message in request.messages
+        for part in message.content
+        if isinstance(part, TextPart)
+    )
 
 
 class Settler:
