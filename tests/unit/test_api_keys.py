@@ -12,6 +12,7 @@ import pytest
 from interlock.auth.keys import (
     ALPHABET,
     KEY_LENGTH,
+    KeyHasher,
     generate_key,
     has_valid_checksum,
     hash_key,
@@ -139,6 +140,13 @@ def test_hash_is_hmac_sha256_under_the_server_secret() -> None:
 def test_hash_accepts_any_string() -> None:
     for odd in ("", "\x00", "\ud800", "é" * 10_000, "'; DROP TABLE api_keys; --"):
         assert len(hash_key(SECRET, odd)) == 32
+
+
+def test_a_key_hasher_hashes_as_hash_key_does() -> None:
+    hasher = KeyHasher(SECRET)
+    for key in (generate_key(), generate_key(), "", "\ud800", "é" * 1000):
+        assert hasher(key) == hash_key(SECRET, key)  # and again: its keyed state is reused
+        assert hasher(key) == hash_key(SECRET, key)
 
 
 def test_keys_match_compares_digests() -> None:

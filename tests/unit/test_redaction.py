@@ -12,7 +12,12 @@ import structlog
 from interlock.providers.classify import classify_status, sanitize_message
 from interlock.redaction import looks_secret, scrub
 from interlock.settings import ConfigError, load_settings
-from interlock.telemetry.logging import configure_logging, redact
+from interlock.telemetry.logging import (
+    access_lines_written,
+    configure_logging,
+    redact,
+    write_access_line,
+)
 
 OUR_KEY = "il_live_3kTq9ZcXb1YwP0aLmN7sDfGh2JkR5tUv0h4Xy2"
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZGEifQ.c2lnbmF0dXJlLXBhcnQ"
@@ -112,6 +117,19 @@ def test_configured_logging_writes_redacted_json_lines() -> None:
     assert lines[0]["user_id"] == "u1" and lines[0]["level"] == "info"
     assert OUR_KEY not in stream.getvalue()
     assert "RuntimeError" in lines[1]["exception"]
+
+
+@pytest.mark.parametrize(("level", "written"), [("info", True), ("warning", False)])
+def test_access_lines_are_known_to_be_off_above_info(level: str, written: bool) -> None:
+    stream = io.StringIO()
+    configure_logging(level, "json", stream=stream)
+    try:
+        assert access_lines_written() is written
+        write_access_line({"request_id": "req_1", "status": 200})
+    finally:
+        structlog.reset_defaults()
+    assert bool(stream.getvalue()) is written
+    assert access_lines_written()  # another configuration: structlog decides
 
 
 # --- settings -------------------------------------------------------------------------------

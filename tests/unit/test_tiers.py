@@ -314,6 +314,18 @@ async def test_the_effective_scope_is_computed_once_and_cached() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_mistyped_key_of_ours_is_refused_without_a_lookup() -> None:
+    key = generate_key()
+    mistyped = key[:-1] + ("A" if key[-1] != "A" else "B")
+    keys = FakeKeys(record())
+    authenticator = Authenticator(keys, SECRET, tiers=tiers())
+    await authenticator.authenticate(key)  # the right key is in the cache now
+    with pytest.raises(Exception, match="checksum mismatch"):
+        await authenticator.authenticate(mistyped)
+    assert keys.lookups == 1
+
+
+@pytest.mark.anyio
 async def test_revocation_shows_within_the_ttl_and_at_once_after_forget() -> None:
     key = generate_key()
     clock = FakeClock()

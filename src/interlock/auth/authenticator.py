@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
 
-from interlock.auth.keys import has_valid_checksum, hash_key
+from interlock.auth.keys import KeyHasher, has_valid_checksum
 from interlock.auth.principal import NO_ACCESS, UNLIMITED, Principal, Scope
 from interlock.auth.sessions import SessionVerifier, looks_like_jwt
 from interlock.auth.tiers import Tiers
@@ -87,7 +87,7 @@ class Authenticator:
         if sessions is not None and users is None:
             raise ValueError("sessions need a user lookup")
         self._keys = keys
-        self._secret = secret
+        self._hash = KeyHasher(secret)
         self._tiers = tiers
         self._sessions = sessions
         self._users = users
@@ -113,14 +113,15 @@ class Authenticator:
     async def _from_key(self, key: str) -> Principal:
         if len(key) > MAX_CREDENTIAL_LENGTH or not key.isascii() or not key.isprintable():
             raise AuthenticationFailed()
-        if key.startswith("il_") and not has_valid_checksum(key):
-            raise AuthenticationFailed("Invalid API key (checksum mismatch: is it mistyped?).")
-        digest = hash_key(self._secret, key)
+        digest = self._hash(key)
         now = self._clock()
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             principal, expires_at = cached[1], cached[2]
         else:
+            # Checked on the way to the database only: a key in the cache has passed it.
+            if key.startswith("il_") and not has_valid_checksum(key):
+                raise AuthenticationFailed("Invalid API key (checksum mismatch: is it mistyped?).")
             principal, expires_at = await self._load_once(digest, key, now)
         if principal is None or (expires_at is not None and expires_at <= datetime.now(UTC)):
             raise AuthenticationFailed()

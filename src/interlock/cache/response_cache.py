@@ -93,6 +93,12 @@ class CacheDecision:
         return self.status is CacheStatus.HIT
 
     @property
+    def records(self) -> bool:
+        """Whether the fresh answer is recorded: else ``feed``, ``finish`` and ``abandon``
+        do nothing, and need not be called."""
+        return self.recorder is not None
+
+    @property
     def headers(self) -> dict[str, str]:
         """The response header every protocol adapter sends."""
         return {CACHE_HEADER: self.status.value}

@@ -217,15 +217,20 @@ class ChatCall:
             try:
                 result = await collect(stream)
             finally:
+                # A shield costs more than the rest of the step: only where there is work.
+                if not stream.ended:
+                    with anyio.CancelScope(shield=True):
+                        await stream.aclose()
+            if decision.records:
+                for event in result_events(result):
+                    decision.feed(event)
                 with anyio.CancelScope(shield=True):
-                    await stream.aclose()
-            for event in result_events(result):
-                decision.feed(event)
-            with anyio.CancelScope(shield=True):
-                await decision.finish(model=self.served.model, deployment=self.served.deployment)
+                    await decision.finish(
+                        model=self.served.model, deployment=self.served.deployment
+                    )
             stored = True
         finally:
-            if not stored:
+            if not stored and decision.records:
                 with anyio.CancelScope(shield=True):
                     await decision.abandon()
         if self._transcript is not None:
@@ -500,8 +505,9 @@ class Reply:
         if metrics is not None:
             metrics.stream_closed(call.route)
         stream = self.stream
-        with anyio.CancelScope(shield=True):
-            await stream.aclose()
+        if not stream.ended:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
         failure = self._failure
         if failure is None and stream.finish is not None:
             status, partial, usage = 200, False, stream.usage  # the whole answer was sent
@@ -519,6 +525,8 @@ class Reply:
             partial=partial,
             failure=self._error,
         )
+        if not self._cache.records:
+            return
         with anyio.CancelScope(shield=True):  # stored only once delivered whole
             if partial:
                 await self._cache.abandon()

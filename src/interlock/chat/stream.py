@@ -21,6 +21,7 @@ from interlock.chat.types import (
     Finish,
     ReasoningDelta,
     TextDelta,
+    TextPart,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -51,8 +52,14 @@ def estimate_tokens(text_length: int) -> int:
 
 
 def request_length(request: ChatRequest) -> int:
-    """The characters of the request's text, for token estimates."""
-    return sum(len(message.text()) for message in request.messages)
+    """The characters of the request's text, for token estimates (counted part by part:
+    the messages' texts are not joined for it)."""
+    return sum(
+        len(part.text)
+        for message in request.messages
+        for part in message.content
+        if isinstance(part, TextPart)
+    )
 
 
 class Settler:
@@ -115,6 +122,9 @@ class ChatStream:
         self.output_chars = 0  # delivered so far, for estimates and partial usage
         self.usage: Usage | None = None
         self.finish: Finish | None = None
+        # ``events`` ran to the end: the upstream call is closed and the attempt settled,
+        # so ``aclose`` has nothing left to do (and need not be shielded from cancellation).
+        self.ended = False
 
     async def events(self) -> AsyncIterator[Event]:
         usage: Usage | None = None
@@ -161,6 +171,7 @@ class ChatStream:
             if admission.observer is not None:
                 admission.observer.answered(self.usage, finish)
             await settler.guard.succeeded(admission, self.usage.total_tokens)
+        self.ended = True
         yield self.usage
         yield finish
 

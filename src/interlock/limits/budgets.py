@@ -34,6 +34,7 @@ from interlock.chat.types import ChatRequest
 from interlock.errors import BudgetExceeded, ServiceUnavailable
 from interlock.settings import ModelConfig
 from interlock.state import Limit, RateLimits, StateUnavailable
+from interlock.state.memory import MemoryRateLimits
 from interlock.telemetry.prices import FREE, DeploymentPrices, Price
 
 log = structlog.get_logger("interlock.limits.budgets")
@@ -108,6 +109,14 @@ def _buckets(principal: Principal, cost: int) -> list[Limit]:
         add("key", principal.key_id, principal.scope, user)
     add("user", principal.user_id, user, None)
     return buckets
+
+
+def _changes(reservation: Reservation, cost: Decimal) -> list[Limit]:
+    """What replaces the reservation by the real ``cost`` in every bucket (none if equal)."""
+    change = micro_units(cost) - reservation.cost
+    if change == 0:
+        return []
+    return [Limit(b.key, b.limit, b.window, change) for b in reservation.buckets]
 
 
 def _describe(key: str) -> str:
@@ -201,19 +210,24 @@ class Budgets:
         Never raises: when the shared state cannot answer, the reservation stays charged
         (the caller pays at most the maximum cost, never less than the real one).
         """
-        change = micro_units(cost) - reservation.cost
-        if change == 0:
+        changes = _changes(reservation, cost)
+        if not changes:
             return
-        changes = [
-            Limit(bucket.key, bucket.limit, bucket.window, change) for bucket in reservation.buckets
-        ]
         try:
             await self._limits.adjust(changes)
         except StateUnavailable as exc:
-            log.warning("budget_not_settled", error=str(exc), change=change)
+            log.warning("budget_not_settled", error=str(exc), change=changes[0].cost)
 
     def settle_soon(self, reservation: Reservation, cost: Decimal) -> None:
-        """``settle`` from synchronous code (where a stream's end is reported)."""
+        """``settle`` from synchronous code (where a stream's end is reported): at once
+        when there is nothing to change or the buckets are in process memory (which never
+        awaits), else in a task."""
+        changes = _changes(reservation, cost)
+        if not changes:
+            return
+        if isinstance(self._limits, MemoryRateLimits):
+            self._limits.adjust_now(changes)
+            return
         task = asyncio.get_running_loop().create_task(self.settle(reservation, cost))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

@@ -22,10 +22,13 @@ After it, per request (``admit``), all in one decision (all or nothing):
 - concurrent requests: ``max_concurrent`` of the key and of the user, released by
   ``settle``.
 
-A principal with no limit costs no state call at all. A refusal is a ``RateLimitExceeded``
-(429, a code naming the scope, ``Retry-After`` in whole seconds, and the ``x-ratelimit-*``
-values); the shared state being down is handled as ``[limits] on_state_failure`` says (see
-``interlock.limits.fallback``).
+A principal with no limit costs no state call at all. On the in-process state (one instance,
+no Redis) every operation is called synchronously: no coroutine, and no task to admit or to
+settle (nothing can be left half taken when there is no await in between).
+
+A refusal is a ``RateLimitExceeded`` (429, a code naming the scope, ``Retry-After`` in whole
+seconds, and the ``x-ratelimit-*`` values); the shared state being down is handled as
+``[limits] on_state_failure`` says (see ``interlock.limits.fallback``).
 """
 
 from __future__ import annotations
@@ -41,15 +44,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from interlock.auth.principal import Principal
+from interlock.auth.principal import Principal, Scope
 from interlock.chat.stream import estimate_tokens, request_length
 from interlock.chat.types import ChatRequest
 from interlock.errors import RateLimited, ServiceUnavailable
 from interlock.limits.client_ip import UNKNOWN, client_ip
 from interlock.limits.fallback import LimitState
-from interlock.limits.quota import NO_QUOTAS, Quotas, tightest
+from interlock.limits.quota import NO_QUOTAS, Quota, Quotas, tightest
 from interlock.settings import LimitsConfig
-from interlock.state import Decision, Limit, ScopeStatus, SharedState
+from interlock.state import Decision, Limit, MemoryState, ScopeStatus, SharedState
 
 WINDOW = 60.0  # every rate is per minute
 # No one knows when a concurrent request ends; a full pool is worth asking about this soon.
@@ -120,11 +123,47 @@ def _narrower(key: int | None, user: int | None) -> int | None:
     return key
 
 
+def _no_rates(scope: Scope) -> bool:
+    return scope.rpm is None and scope.tpm is None and scope.max_concurrent is None
+
+
+def _requests_quota(status: ScopeStatus) -> Quotas:
+    return Quotas(requests=Quota(status.limit, status.remaining, status.reset))
+
+
+def _refunds(buckets: Sequence[Limit]) -> list[Limit]:
+    """What gives back the costs ``buckets`` took."""
+    return [Limit(b.key, b.limit, b.window, -b.cost) for b in buckets]
+
+
+def _in_process(backend: SharedState | None) -> MemoryState | None:
+    return backend if isinstance(backend, MemoryState) else None
+
+
+def _pool_full(name: str, cap: int, quotas: Quotas) -> RateLimitExceeded:
+    return RateLimitExceeded(
+        f"Too many requests at once for {_SCOPES[_kind(name)]} (at most {cap}); retry "
+        "when one has finished.",
+        code="concurrency_limit_exceeded",
+        retry_after=CONCURRENCY_RETRY_AFTER,
+        quotas=quotas,
+    )
+
+
 def _quotas(statuses: Sequence[ScopeStatus]) -> Quotas:
     return Quotas(
         requests=tightest(s for s in statuses if _unit(s.key) == "requests"),
         tokens=tightest(s for s in statuses if _unit(s.key) == "tokens"),
     )
+
+
+def _token_changes(admission: Admission, used_tokens: int) -> list[Limit]:
+    """What replaces the admission's token reservation by ``used_tokens`` (none if nothing
+    was charged, or nothing changes)."""
+    change = used_tokens - admission.reserved
+    if admission.limits_backend is None or not admission.tokens or not change:
+        return []
+    return [Limit(b.key, b.limit, b.window, change) for b in admission.tokens]
 
 
 class Admission:
@@ -187,6 +226,8 @@ class RateLimiter:
         local: SharedState | None = None,
     ) -> None:
         self.state = LimitState(state, config.on_state_failure, local=local)
+        # Never unavailable, and never awaits: called directly (see the module docstring).
+        self._memory = _in_process(state)
         self.trusted_proxies = tuple(config.trusted_proxies)
         self._ip_rpm = config.ip_rpm
         self._failures = config.failed_auth_per_minute
@@ -200,6 +241,8 @@ class RateLimiter:
         # Admissions and settlements running on their own (see ``admit``, ``settle_soon``),
         # awaited by ``aclose``.
         self._pending: set[asyncio.Future[Any]] = set()
+        # The same clients come back: their buckets are named once per address.
+        self._ip_limits = lru_cache(maxsize=4096)(self._limits_of_ip)
 
     # --- before authentication ------------------------------------------------------------
 
@@ -209,31 +252,37 @@ class RateLimiter:
             return _peer_address(peer)  # the header cannot matter: skip reading it
         return client_ip(peer, x_forwarded_for, self.trusted_proxies)
 
-    def _failures_bucket(self, ip: str, cost: int) -> Limit | None:
+    def _limits_of_ip(self, ip: str) -> tuple[tuple[Limit, ...], Limit | None]:
+        """What ``before_auth`` asks for ``ip`` (its requests bucket first, if any, then a
+        look at its failures bucket), and the failures bucket charged with one failure."""
+        bucket = ip_bucket(ip)
+        checks: list[Limit] = []
+        if self._ip_rpm is not None:
+            checks.append(Limit(f"rl:ip:{bucket}:requests", self._ip_rpm, WINDOW, 1))
         if self._failures is None:
-            return None
-        return Limit(f"rl:ip:{ip_bucket(ip)}:auth_failures", self._failures, WINDOW, cost)
+            return tuple(checks), None
+        failures = f"rl:ip:{bucket}:auth_failures"
+        checks.append(Limit(failures, self._failures, WINDOW, 0))  # cost 0: only looks
+        return tuple(checks), Limit(failures, self._failures, WINDOW, 1)
 
     async def before_auth(self, ip: str) -> Quotas:
         """Count one request from ``ip`` and check it is not locked out by failed
         authentications; the IP's ``x-ratelimit-*`` values. Raises ``RateLimitExceeded``
         (or ``ServiceUnavailable`` when the state is down and ``on_state_failure`` is
         ``closed``)."""
-        buckets: list[Limit] = []
-        if self._ip_rpm is not None:
-            buckets.append(Limit(f"rl:ip:{ip_bucket(ip)}:requests", self._ip_rpm, WINDOW, 1))
-        failures = self._failures_bucket(ip, 0)  # cost 0: only looks
-        if failures is not None:
-            buckets.append(failures)
-        if not buckets:
+        checks, _ = self._ip_limits(ip)
+        if not checks:
             return NO_QUOTAS
-        answer = await self.state.run("before_auth", lambda s: s.limits.admit(buckets))
-        if answer is None:
-            return NO_QUOTAS
-        decision = answer[0]
-        counted = [s for s in decision.scopes if _unit(s.key) != "auth_failures"]
-        quotas = _quotas(counted)
-        failed = next((s for s in decision.scopes if _unit(s.key) == "auth_failures"), None)
+        if self._memory is not None:
+            decision = self._memory.limits.admit_now(checks)
+        else:
+            answer = await self.state.run("before_auth", lambda s: s.limits.admit(checks))
+            if answer is None:
+                return NO_QUOTAS
+            decision = answer[0]
+        scopes = decision.scopes  # in the order of ``checks``
+        quotas = NO_QUOTAS if self._ip_rpm is None else _requests_quota(scopes[0])
+        failed = scopes[-1] if self._failures is not None else None
         if failed is not None and failed.remaining == 0:
             # Full: one more failure would not fit. Wait until one has drained.
             wait = max(0.0, failed.reset - (failed.limit - 1) * WINDOW / failed.limit)
@@ -250,12 +299,15 @@ class RateLimiter:
 
     async def note_failed_auth(self, ip: str) -> None:
         """Count one failed authentication from ``ip``. Never raises."""
-        bucket = self._failures_bucket(ip, 1)
+        _, bucket = self._ip_limits(ip)
         if bucket is None:
+            return
+        # ``adjust``, not ``admit``: a failure always counts, even past the limit.
+        if self._memory is not None:
+            self._memory.limits.adjust_now((bucket,))
             return
         # Closed policy and the state down: nothing to refuse, this request failed anyway.
         with contextlib.suppress(ServiceUnavailable):
-            # ``adjust``, not ``admit``: a failure always counts, even past the limit.
             await self.state.run("note_failed_auth", lambda s: s.limits.adjust((bucket,)))
 
     # --- after authentication -------------------------------------------------------------
@@ -303,6 +355,16 @@ class RateLimiter:
             pools.append((f"rl:user:{principal.user_id}:concurrent", user_cap))
         return pools
 
+    def _unlimited(self, principal: Principal, model: str) -> bool:
+        """True when no rate limit applies to ``principal`` on ``model`` (so ``_buckets`` and
+        ``_pools`` would both be empty); False when one may."""
+        return (
+            _no_rates(principal.owner_scope)
+            and (principal.key_id is None or _no_rates(principal.scope))
+            and principal.tier not in self._tiers
+            and model not in self._models
+        )
+
     def holder(self) -> str:
         """A fresh id for one request's slots, unique across instances."""
         return f"{self._instance}-{next(self._counter)}"
@@ -318,6 +380,8 @@ class RateLimiter:
         is ``closed``). ``before`` are the quotas ``before_auth`` returned, reported too when
         tighter. The ``Admission`` must be given to ``settle`` when the request ends.
         """
+        if self._unlimited(principal, request.model):
+            return Admission(before)  # nothing to take: no need to estimate the tokens
         pools = self._pools(principal)
         tokens = self.reserved_tokens(request)
         buckets = self._buckets(principal, request.model, tokens)
@@ -329,6 +393,8 @@ class RateLimiter:
             if caps and tokens > min(caps):
                 tokens = min(caps)
                 buckets = self._buckets(principal, request.model, tokens)
+        if self._memory is not None:
+            return self._admit_now(self._memory, buckets, pools, tokens, before)
         # Once something is taken it must be given back: a caller cancelled mid-way (the
         # client left) must not leave a slot held until its lease ends.
         task = asyncio.ensure_future(self._admit(buckets, pools, tokens, before))
@@ -353,20 +419,68 @@ class RateLimiter:
             answer = await self.state.run("admit", lambda s: s.limits.admit(buckets))
             if answer is not None:
                 decision, limits_backend = answer
-                quotas = before.merged(_quotas(decision.scopes))
-                if not decision.allowed:
-                    raise self._refusal(decision, quotas, tokens)
+                quotas = self._decided(decision, before, tokens)
+        admission = self._admission(quotas, buckets, tokens, limits_backend)
+        if pools:
+            await self._take_slots(admission, pools, buckets)
+        return admission
+
+    def _admit_now(
+        self,
+        memory: MemoryState,
+        buckets: list[Limit],
+        pools: list[tuple[str, int]],
+        tokens: int,
+        before: Quotas,
+    ) -> Admission:
+        """``_admit`` on the in-process state, synchronously."""
+        quotas = before
+        if buckets:
+            quotas = self._decided(memory.limits.admit_now(buckets), before, tokens)
+        admission = self._admission(quotas, buckets, tokens, memory if buckets else None)
+        holder = admission.holder
+        held: list[tuple[str, SharedState]] = []
+        for name, cap in pools:
+            if memory.slots.acquire_now(name, holder, limit=cap, lease=self._lease):
+                held.append((name, memory))
+                continue
+            # Full: give back what this request took, since it will not run.
+            for taken, _ in held:
+                memory.slots.release_now(taken, holder)
+            if admission.limits_backend is not None:
+                memory.limits.adjust_now(_refunds(buckets))
+            admission.settled = True
+            raise _pool_full(name, cap, admission.quotas)
+        self._hold(admission, held)
+        return admission
+
+    def _decided(self, decision: Decision, before: Quotas, tokens: int) -> Quotas:
+        """The quotas after ``decision``; raises the refusal if it refused."""
+        quotas = before.merged(_quotas(decision.scopes))
+        if not decision.allowed:
+            raise self._refusal(decision, quotas, tokens)
+        return quotas
+
+    def _admission(
+        self,
+        quotas: Quotas,
+        buckets: list[Limit],
+        tokens: int,
+        limits_backend: SharedState | None,
+    ) -> Admission:
         charged = tuple(b for b in buckets if _unit(b.key) == "tokens")
-        admission = Admission(
+        return Admission(
             quotas,
             holder=self.holder(),
             tokens=charged if limits_backend is not None else (),
             reserved=tokens,
             limits_backend=limits_backend,
         )
-        if pools:
-            await self._take_slots(admission, pools, buckets)
-        return admission
+
+    def _hold(self, admission: Admission, held: list[tuple[str, SharedState]]) -> None:
+        admission.slots = tuple(held)
+        if held:
+            admission.renew_at = asyncio.get_running_loop().time() + self._lease / 2
 
     async def _acquire(self, name: str, holder: str, cap: int) -> tuple[bool, SharedState] | None:
         lease = self._lease
@@ -391,19 +505,11 @@ class RateLimiter:
             for taken, owner in held:
                 await self.state.undo("release", owner.slots.release(taken, holder))
             if admission.limits_backend is not None:
-                refund = [Limit(b.key, b.limit, b.window, -b.cost) for b in buckets]
+                refund = _refunds(buckets)
                 await self.state.undo("adjust", admission.limits_backend.limits.adjust(refund))
             admission.settled = True
-            raise RateLimitExceeded(
-                f"Too many requests at once for {_SCOPES[_kind(name)]} (at most {cap}); retry "
-                "when one has finished.",
-                code="concurrency_limit_exceeded",
-                retry_after=CONCURRENCY_RETRY_AFTER,
-                quotas=admission.quotas,
-            )
-        admission.slots = tuple(held)
-        if held:
-            admission.renew_at = asyncio.get_running_loop().time() + self._lease / 2
+            raise _pool_full(name, cap, admission.quotas)
+        self._hold(admission, held)
 
     def _refusal(self, decision: Decision, quotas: Quotas, tokens: int | None) -> RateLimitExceeded:
         refused = decision.refused
@@ -454,18 +560,38 @@ class RateLimiter:
         for name, backend in admission.slots:
             await self.state.undo("release", backend.slots.release(name, admission.holder))
         limits = admission.limits_backend
-        change = used_tokens - admission.reserved
-        if limits is not None and admission.tokens and change:
-            changes = [Limit(b.key, b.limit, b.window, change) for b in admission.tokens]
+        changes = _token_changes(admission, used_tokens)
+        if limits is not None and changes:
             await self.state.undo("adjust", limits.limits.adjust(changes))
 
     def settle_soon(self, admission: Admission, used_tokens: int) -> None:
-        """``settle`` from synchronous code (where a stream's end is reported)."""
-        if admission.settled:
+        """``settle`` from synchronous code (where a stream's end is reported): at once when
+        what the admission holds is in process memory (or nothing), else in a task."""
+        if admission.settled or self._settled_now(admission, used_tokens):
             return
         task = asyncio.get_running_loop().create_task(self.settle(admission, used_tokens))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    def _settled_now(self, admission: Admission, used_tokens: int) -> bool:
+        """``settle``, synchronously, if every state ``admission`` holds something in is
+        in-process; False (nothing done) otherwise."""
+        changes = _token_changes(admission, used_tokens)
+        limits = _in_process(admission.limits_backend) if changes else None
+        if changes and limits is None:
+            return False
+        pools: list[tuple[str, MemoryState]] = []
+        for name, backend in admission.slots:
+            memory = _in_process(backend)
+            if memory is None:
+                return False
+            pools.append((name, memory))
+        admission.settled = True
+        for name, memory in pools:
+            memory.slots.release_now(name, admission.holder)
+        if limits is not None:
+            limits.limits.adjust_now(changes)
+        return True
 
     async def wait_settled(self) -> None:
         """Wait for the settlements ``settle_soon`` started (and the admissions whose caller

@@ -161,9 +161,13 @@ class CircuitBreakers:
             return
         key = self.key(deployment)
         window = self._window
-        stats, _ = await self._state.run(
-            "circuit_outcome", lambda s: s.outcomes.record(key, ok=ok, window=window)
-        )
+        memory = self._state.in_process
+        if memory is not None:
+            stats = memory.outcomes.record_now(key, ok=ok, window=window)
+        else:
+            stats, _ = await self._state.run(
+                "circuit_outcome", lambda s: s.outcomes.record(key, ok=ok, window=window)
+            )
         if (
             not ok
             and stats.total >= self._min_calls

@@ -46,6 +46,9 @@ class FailSafeState:
         log_interval: float = DEFAULT_LOG_INTERVAL,
     ) -> None:
         self.shared = shared
+        # The in-process shared state never fails and never awaits: callers on the request
+        # path call its synchronous forms directly (``MemoryState``), None for Redis.
+        self.in_process = shared if isinstance(shared, MemoryState) else None
         self.local: SharedState = MemoryState()
         self.records = CachedReads(shared.kv, max_age=max_age, clock=clock)
         self._clock = clock

@@ -5,6 +5,10 @@ O(1) or O(log n), and never starts a task or a timer: expired entries are droppe
 and by a small sweep on each write (``interlock.state.expiry``). Time comes from the
 injected ``clock`` (``time.monotonic`` by default) so tests drive windows, leases and TTLs
 without sleeping.
+
+The operations every request makes also have a synchronous form (``admit_now``,
+``acquire_now``...): in-process callers that know they hold a ``MemoryState`` call it
+directly, and skip a coroutine per call and a task per settlement.
 """
 
 from __future__ import annotations
@@ -56,25 +60,34 @@ class MemoryRateLimits:
         self._buckets.put(scope.key, bucket, now)
 
     async def admit(self, scopes: Sequence[Limit]) -> Decision:
+        return self.admit_now(scopes)
+
+    def admit_now(self, scopes: Sequence[Limit]) -> Decision:
+        """``admit``, called synchronously (the in-process callers' fast path)."""
         now = self._clock()
         levels = [self._level(scope, now) for scope in scopes]
-        allowed = all(
-            gcra.fits(level, scope.cost, scope.limit)
-            for scope, level in zip(scopes, levels, strict=True)
-        )
+        allowed = True
+        for scope, level in zip(scopes, levels, strict=True):
+            if not gcra.fits(level, scope.cost, scope.limit):
+                allowed = False
+                break
         if allowed:
             for scope, level in zip(scopes, levels, strict=True):
                 if scope.cost:
                     self._write(scope, level + scope.cost, now)
+        status = gcra.status
         return Decision(
             allowed,
             tuple(
-                gcra.status(scope, level, allowed)
-                for scope, level in zip(scopes, levels, strict=True)
+                [status(scope, level, allowed) for scope, level in zip(scopes, levels, strict=True)]
             ),
         )
 
     async def adjust(self, changes: Sequence[Limit]) -> None:
+        self.adjust_now(changes)
+
+    def adjust_now(self, changes: Sequence[Limit]) -> None:
+        """``adjust``, called synchronously."""
         now = self._clock()
         for change in changes:
             if change.cost:
@@ -130,6 +143,10 @@ class MemorySlots:
         return pool
 
     async def acquire(self, name: str, holder: str, *, limit: int, lease: float) -> bool:
+        return self.acquire_now(name, holder, limit=limit, lease=lease)
+
+    def acquire_now(self, name: str, holder: str, *, limit: int, lease: float) -> bool:
+        """``acquire``, called synchronously."""
         now = self._clock()
         pool = self._live(name, now) or _Pool()
         if holder not in pool.holders and len(pool.holders) >= limit:
@@ -148,6 +165,10 @@ class MemorySlots:
         return True
 
     async def release(self, name: str, holder: str) -> bool:
+        return self.release_now(name, holder)
+
+    def release_now(self, name: str, holder: str) -> bool:
+        """``release``, called synchronously."""
         now = self._clock()
         pool = self._live(name, now)
         if pool is None or pool.holders.pop(holder, None) is None:
@@ -194,6 +215,10 @@ class MemoryOutcomes:
         self._windows: ExpiringMap[_Window] = ExpiringMap()
 
     async def record(self, key: str, *, ok: bool, window: float) -> OutcomeStats:
+        return self.record_now(key, ok=ok, window=window)
+
+    def record_now(self, key: str, *, ok: bool, window: float) -> OutcomeStats:
+        """``record``, called synchronously."""
         now = self._clock()
         current = bucket_of(now, window)
         entry = self._windows.get(key, now) or _Window()

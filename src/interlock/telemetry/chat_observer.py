@@ -24,7 +24,7 @@ from interlock.chat.types import ChatRequest
 from interlock.errors import InterlockError, UpstreamError
 from interlock.redaction import scrub
 from interlock.telemetry.access_log import current_context
-from interlock.telemetry.logging import PROMPT_LOGGER, write_access_line
+from interlock.telemetry.logging import PROMPT_LOGGER, access_lines_written, write_access_line
 from interlock.telemetry.sentry import NO_REPORTER, Reporter
 from interlock.telemetry.usage_record import UsageRecord
 
@@ -79,19 +79,64 @@ class ChatObserver:
         cache: str,
         answer: str | None = None,
     ) -> None:
-        code = error.code if isinstance(error, InterlockError) else error
         context = current_context()
         if context is not None:
             context.logged = True
+        reporter = self.reporter
+        # The fields feed the access line and the error report: without either, skip them.
+        if reporter.enabled or access_lines_written():
+            self._report(
+                request_id=request_id,
+                principal=principal,
+                chat=chat,
+                record=record,
+                status=status,
+                error=error,
+                started=started,
+                model=model,
+                deployment=deployment,
+                attempts=attempts,
+                cache=cache,
+                route=context.route if context is not None else None,
+            )
+        if chat is not None and self.logs_prompts_of(principal):
+            assert principal is not None
+            structlog.get_logger(PROMPT_LOGGER).bind(logger=PROMPT_LOGGER).info(
+                "prompt",
+                request_id=request_id,
+                user_id=principal.user_id,
+                model=_client_model(chat),
+                messages=[{"role": m.role, "text": m.text()} for m in chat.messages],
+                answer=answer,
+                status=status,
+            )
+
+    def _report(
+        self,
+        *,
+        request_id: str,
+        principal: Principal | None,
+        chat: ChatRequest | None,
+        record: UsageRecord | None,
+        status: int,
+        error: InterlockError | str | None,
+        started: float,
+        model: str,
+        deployment: str,
+        attempts: int,
+        cache: str,
+        route: str | None,
+    ) -> None:
+        """The access line, the closing breadcrumb and an upstream failure's report."""
+        code = error.code if isinstance(error, InterlockError) else error
         fields: dict[str, Any] = {
             "request_id": request_id,
             "method": "POST",
-            "route": context.route if context is not None else None,
+            "route": route,
             "status": status,
             "user_id": principal.user_id if principal is not None else None,
             "key_id": principal.key_id if principal is not None else None,
-            # The one field a client chooses freely: scrubbed like any logged text.
-            "model": scrub(chat.model) if chat is not None and chat.model else None,
+            "model": _client_model(chat),
             "served_model": model or None,
             "deployment": deployment or None,
             "attempts": attempts,
@@ -121,16 +166,6 @@ class ChatObserver:
             )
             if isinstance(error, UpstreamError):
                 reporter.upstream_failed(error, _tags(request_id, fields))
-        if chat is not None and self.logs_prompts_of(principal):
-            structlog.get_logger(PROMPT_LOGGER).bind(logger=PROMPT_LOGGER).info(
-                "prompt",
-                request_id=request_id,
-                user_id=fields["user_id"],
-                model=fields["model"],
-                messages=[{"role": m.role, "text": m.text()} for m in chat.messages],
-                answer=answer,
-                status=status,
-            )
 
     def crashed(
         self, exc: BaseException, *, request_id: str, model: str = "", deployment: str = ""
@@ -138,6 +173,11 @@ class ChatObserver:
         self.reporter.unhandled(
             exc, {"request_id": request_id, "model": model, "deployment": deployment}
         )
+
+
+def _client_model(chat: ChatRequest | None) -> str | None:
+    # The one field a client chooses freely: scrubbed like any logged text.
+    return scrub(chat.model) if chat is not None and chat.model else None
 
 
 def _tags(request_id: str, fields: dict[str, Any]) -> dict[str, str]:

@@ -85,6 +85,16 @@ class _FastLines:
 _fast: _FastLines | None = None
 
 
+def access_lines_written() -> bool:
+    """False when ``write_access_line`` would write nothing (the JSON lines that
+    ``configure_logging`` set, at a level above info), so the caller need not build the
+    fields; True otherwise (with any other configuration, structlog decides)."""
+    fast = _fast
+    if fast is None or fast.min_level <= logging.INFO:
+        return True
+    return structlog.get_config()["processors"] is not fast.processors
+
+
 def write_access_line(fields: dict[str, Any]) -> None:
     """One line on ``interlock.access`` at info level, with ``fields``.
 
