@@ -14,6 +14,7 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from interlock.api import anthropic_wire
 from interlock.api.anthropic_render import EventWriter, error_event, message_body
@@ -21,6 +22,7 @@ from interlock.api.body import read_body
 from interlock.api.disconnect import ClientGone, unless_disconnected
 from interlock.api.errors import anthropic_error_response
 from interlock.api.inbound import authenticate_call, authenticate_request, cache_directive
+from interlock.api.replies import JSONReply
 from interlock.api.streaming import EndingStreamingResponse
 from interlock.auth.access import allowed_models, model_not_found
 from interlock.auth.authenticator import bearer_token
@@ -60,7 +62,7 @@ def input_estimate(chat: ChatRequest) -> int:
     return estimate_tokens(chars)
 
 
-async def messages(request: Request) -> Response:
+async def messages(request: Request) -> ASGIApp:
     gateway = components_of(request)
     call = gateway.pipeline.begin("anthropic", request.headers)
     try:
@@ -86,10 +88,9 @@ async def messages(request: Request) -> Response:
         result = await unless_disconnected(
             call.complete(chat, cache_directive(request)), request.receive
         )
-        return Response(
+        return JSONReply(
             msgspec.json.encode(message_body(message_id, chat.model, result)),
-            media_type="application/json",
-            headers=with_request_id(call.headers()),
+            with_request_id(call.headers()),
         )
     except InterlockError as error:
         call.failed(error)

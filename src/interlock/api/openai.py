@@ -14,6 +14,7 @@ import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from interlock.api import openai_wire
 from interlock.api.body import read_body
@@ -21,6 +22,7 @@ from interlock.api.disconnect import ClientGone, unless_disconnected
 from interlock.api.errors import openai_error_response
 from interlock.api.inbound import authenticate_call, authenticate_request, cache_directive
 from interlock.api.openai_render import DONE, ChunkWriter, completion_body
+from interlock.api.replies import JSONReply
 from interlock.api.streaming import EndingStreamingResponse
 from interlock.auth.access import visible_models
 from interlock.auth.authenticator import bearer_token
@@ -35,7 +37,7 @@ log = structlog.get_logger("interlock.api.openai")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-async def chat_completions(request: Request) -> Response:
+async def chat_completions(request: Request) -> ASGIApp:
     gateway = components_of(request)
     call = gateway.pipeline.begin("openai", request.headers)
     try:
@@ -59,10 +61,9 @@ async def chat_completions(request: Request) -> Response:
                 headers={**_SSE_HEADERS, **call.headers()},
             )
         result = await unless_disconnected(call.complete(chat, cache), request.receive)
-        return Response(
+        return JSONReply(
             msgspec.json.encode(completion_body(completion_id, created, chat.model, result)),
-            media_type="application/json",
-            headers=call.headers(),
+            call.headers(),
         )
     except InterlockError as error:
         call.failed(error)
