@@ -19,12 +19,12 @@ from typing import Protocol
 
 from starlette.types import Message, Receive, Scope, Send
 
+from interlock.api.batching import relay
 from interlock.api.disconnect import ClientWatch
 from interlock.api.replies import encode_headers
 
 SSE = b"text/event-stream; charset=utf-8"
 PLAIN_TEXT = b"text/plain; charset=utf-8"
-_LAST: Message = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
 class Ending(Protocol):
@@ -40,8 +40,8 @@ class StreamCut(Exception):
 
 
 class StreamReply:
-    """A streamed body: ``http.response.start``, a message per chunk, then the empty last
-    message."""
+    """A streamed body: ``http.response.start``, then the chunks, those in hand together
+    (``interlock.api.batching``), the last of them with the end of the body."""
 
     __slots__ = ("_body", "_ending", "_start", "_watch")
 
@@ -63,16 +63,18 @@ class StreamReply:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body, watch = self._body, self._watch
 
+        async def write(chunk: bytes) -> None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
         try:
             if watch.gone:  # before the body starts: it is not started at all
                 return
             with watch.streaming() as streaming:
                 await send(self._start)
-                async for chunk in body:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                last = await relay(body, write)
             watch.stop()  # the server reports the completed response as a disconnect
             if not streaming.cancel_called:
-                await send(_LAST)
+                await send({"type": "http.response.body", "body": last, "more_body": False})
         except StreamCut:
             return
         finally:
