@@ -31,9 +31,22 @@ async def test_chunks_in_hand_go_out_as_one_write_and_a_wait_flushes_them() -> N
         yield b"end;"
 
     write = Writes()
-    last = await relay(source(), write)
+    last = await relay(source(), write, first=2)
     assert write.written == [b"opening;first;", b"second;third;"]
     assert last == b"end;"  # returned, to go out with the end of the body
+
+
+async def test_the_first_content_goes_out_before_the_burst_behind_it() -> None:
+    async def source() -> AsyncGenerator[bytes, None]:
+        yield b"opening;"
+        yield b"first;"
+        yield b"second;"
+        yield b"third;"
+
+    write = Writes()
+    last = await relay(source(), write, first=2)
+    assert write.written == [b"opening;first;"]
+    assert last == b"second;third;"
 
 
 async def test_held_chunks_are_written_before_the_source_waits() -> None:
@@ -41,18 +54,19 @@ async def test_held_chunks_are_written_before_the_source_waits() -> None:
     write = Writes()
 
     async def source() -> AsyncGenerator[bytes, None]:
+        yield b"first"
         yield b"a"
         yield b"b"
-        assert write.written == []  # not yet: the source has not waited
+        assert write.written == [b"first"]  # not yet: the source has not waited
         await arrived.wait()
         yield b"c"
 
     relaying = asyncio.ensure_future(relay(source(), write))
     await asyncio.sleep(0)
-    assert write.written == [b"ab"]  # out while the source waits for ``c``
+    assert write.written == [b"first", b"ab"]  # out while the source waits for ``c``
     arrived.set()
     assert await relaying == b"c"
-    assert write.written == [b"ab"]
+    assert write.written == [b"first", b"ab"]
 
 
 async def test_a_large_burst_is_written_in_parts() -> None:
@@ -62,8 +76,8 @@ async def test_a_large_burst_is_written_in_parts() -> None:
 
     write = Writes()
     last = await relay(source(), write, limit=250)
-    assert [len(chunk) for chunk in write.written] == [300, 300, 300]
-    assert len(last) == 100
+    assert [len(chunk) for chunk in write.written] == [100, 300, 300, 300]
+    assert last == b""
 
 
 async def test_what_came_before_a_failure_is_written_then_it_is_raised() -> None:
@@ -117,6 +131,6 @@ async def test_a_failed_write_stops_the_source_where_it_waits() -> None:
 
     body = source()
     with pytest.raises(OSError, match="client gone"):
-        await relay(body, write)
+        await relay(body, write, first=2)  # ``a`` is held until the source waits
     assert events == ["source ended"]
     await body.aclose()  # not left in the middle of a step

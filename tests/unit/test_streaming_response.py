@@ -55,9 +55,9 @@ async def body(
 
 async def test_a_finished_body_is_sent_whole_and_then_ended() -> None:
     ending, client = Ending(), Client()
-    reply = StreamReply(
-        body(ending, [b"a", b"b"]), ending, ClientWatch(client.receive), SSE, {"x-a": "1"}
-    )
+    chunks = [b"open;", b"first;", b"more;", b"end;"]
+    watch = ClientWatch(client.receive)
+    reply = StreamReply(body(ending, chunks), ending, watch, SSE, {"x-a": "1"}, opening=1)
     await reply({"type": "http"}, client.receive, client.send)
     assert ending.calls == ["body-started", "body-finally", "end"]
     assert client.sent[0] == {
@@ -65,8 +65,11 @@ async def test_a_finished_body_is_sent_whole_and_then_ended() -> None:
         "status": 200,
         "headers": [(b"x-a", b"1"), (b"content-type", SSE)],
     }
-    # In hand together: one message, the last one.
-    assert client.sent[1:] == [{"type": "http.response.body", "body": b"ab", "more_body": False}]
+    # The opening with the first content at once, then the rest in hand with the end.
+    assert client.sent[1:] == [
+        {"type": "http.response.body", "body": b"open;first;", "more_body": True},
+        {"type": "http.response.body", "body": b"more;end;", "more_body": False},
+    ]
 
 
 async def test_the_answer_is_ended_once_its_body_is_out() -> None:
@@ -85,7 +88,9 @@ async def test_the_answer_is_ended_once_its_body_is_out() -> None:
         await asyncio.sleep(0)
         yield b"b"
 
-    reply = StreamReply(source(), EndAfterTheBody(), ClientWatch(client.receive), SSE, {})
+    reply = StreamReply(
+        source(), EndAfterTheBody(), ClientWatch(client.receive), SSE, {}, opening=0
+    )
     await reply({"type": "http"}, client.receive, client.send)
     assert client.bodies() == [b"a", b"b"]
 
@@ -95,7 +100,7 @@ async def test_a_client_gone_before_the_body_starts_is_ended_without_it() -> Non
     watch = ClientWatch(client.receive)
     client.left.set()
     await asyncio.sleep(0)  # the watch sees the disconnect
-    reply = StreamReply(body(ending, [b"a"]), ending, watch, SSE, {})
+    reply = StreamReply(body(ending, [b"a"]), ending, watch, SSE, {}, opening=0)
     await reply({"type": "http"}, client.receive, client.send)
     assert ending.calls == ["end"]
     assert client.sent == []
@@ -110,7 +115,7 @@ async def test_a_client_leaving_mid_stream_cancels_the_body_and_ends_it() -> Non
         await never
 
     watch = ClientWatch(client.receive)
-    reply = StreamReply(body(ending, [b"a"], wait_forever), ending, watch, SSE, {})
+    reply = StreamReply(body(ending, [b"a"], wait_forever), ending, watch, SSE, {}, opening=0)
     await asyncio.wait_for(reply({"type": "http"}, client.receive, client.send), 1)
     assert ending.calls == ["body-started", "body-finally", "end"]
     assert client.bodies() == [b"a"]  # no last chunk: the client is gone
@@ -122,7 +127,9 @@ async def test_a_cut_stream_ends_without_its_last_chunk() -> None:
     async def cut() -> None:
         raise StreamCut("upstream_error")
 
-    reply = StreamReply(body(ending, [b"a"], cut), ending, ClientWatch(client.receive), SSE, {})
+    reply = StreamReply(
+        body(ending, [b"a"], cut), ending, ClientWatch(client.receive), SSE, {}, opening=0
+    )
     await reply({"type": "http"}, client.receive, client.send)
     assert client.bodies() == [b"a"]  # and no end of the body: the connection is cut
     assert ending.calls == ["body-started", "body-finally", "end"]
@@ -138,7 +145,7 @@ async def test_the_watch_stops_before_the_last_chunk() -> None:
         if message.get("more_body") is False:
             client.left.set()
 
-    reply = StreamReply(body(ending, [b"a"]), ending, watch, SSE, {})
+    reply = StreamReply(body(ending, [b"a"]), ending, watch, SSE, {}, opening=0)
     await reply({"type": "http"}, client.receive, send)
     await asyncio.sleep(0)
     assert not watch.gone

@@ -182,6 +182,7 @@ async def _chat(request: Request, protocol: str) -> ASGIApp:
                 watch,
                 SSE,
                 {**UI_STREAM_HEADERS, **headers},
+                opening=1,
             )
         if protocol == "data":
             return StreamReply(
@@ -190,6 +191,7 @@ async def _chat(request: Request, protocol: str) -> ASGIApp:
                 watch,
                 PLAIN_TEXT,
                 {**DATA_STREAM_HEADERS, **headers},
+                opening=1,
             )
         # The text stream has no error message: a failure after the first byte cuts it.
         return StreamReply(
@@ -198,6 +200,7 @@ async def _chat(request: Request, protocol: str) -> ASGIApp:
             watch,
             PLAIN_TEXT,
             {**TEXT_STREAM_HEADERS, **headers},
+            opening=0,
         )
     except InterlockError as error:
         call.failed(error)

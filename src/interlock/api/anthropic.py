@@ -84,6 +84,7 @@ async def messages(request: Request) -> ASGIApp:
                 watch,
                 SSE,
                 {**_SSE_HEADERS, **with_request_id(call.headers())},
+                opening=1,
             )
         result = await unless_disconnected(
             call.complete(chat, cache_directive(request)), request.receive

@@ -65,17 +65,22 @@ class _Resumed:
 async def relay(
     source: AsyncGenerator[bytes, None],
     write: Callable[[bytes], Awaitable[None]],
+    *,
+    first: int = 1,
     limit: int = MAX_BATCH,
 ) -> bytes:
     """``write`` the chunks of ``source``, those ready at the same time as one.
 
-    Once ``source`` is exhausted, returns the chunks still in hand instead of writing them,
-    for the caller to send with the end of the body (one write fewer). Raises what
-    ``source`` raises, once the chunks it gave before have been written. Never leaves
-    ``source`` in the middle of a step.
+    The first write goes out as soon as ``source`` has given ``first`` chunks (an opening
+    and the first content), not after the chunks in hand behind them: the time to the first
+    token counts more than a write. Once ``source`` is exhausted, returns the chunks still
+    in hand instead of writing them, for the caller to send with the end of the body (one
+    write fewer). Raises what ``source`` raises, once the chunks it gave before have been
+    written. Never leaves ``source`` in the middle of a step.
     """
     held: list[bytes] = []
     size = 0
+    given = 0
     while True:
         step = source.__anext__().__await__()
         try:
@@ -105,7 +110,8 @@ async def relay(
                 break
         held.append(chunk)
         size += len(chunk)
-        if size >= limit:
+        given += 1
+        if size >= limit or given == first:
             await write(b"".join(held))
             held.clear()
             size = 0

@@ -61,6 +61,7 @@ async def chat_completions(request: Request) -> ASGIApp:
                 watch,
                 SSE,
                 {**_SSE_HEADERS, **call.headers()},
+                opening=1,
             )
         result = await unless_disconnected(call.complete(chat, cache), request.receive)
         return JSONReply(

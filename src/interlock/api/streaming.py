@@ -41,9 +41,14 @@ class StreamCut(Exception):
 
 class StreamReply:
     """A streamed body: ``http.response.start``, then the chunks, those in hand together
-    (``interlock.api.batching``), the last of them with the end of the body."""
+    (``interlock.api.batching``), the last of them with the end of the body.
 
-    __slots__ = ("_body", "_ending", "_start", "_watch")
+    ``opening``: how many chunks the body gives before its first content (the protocol's
+    opening): the first write goes out with the first content, without waiting for what
+    is in hand behind it.
+    """
+
+    __slots__ = ("_body", "_ending", "_first", "_start", "_watch")
 
     def __init__(
         self,
@@ -52,6 +57,8 @@ class StreamReply:
         watch: ClientWatch,
         content_type: bytes,
         headers: Mapping[str, str],
+        *,
+        opening: int,
     ) -> None:
         raw = encode_headers(headers)
         raw.append((b"content-type", content_type))
@@ -59,6 +66,7 @@ class StreamReply:
         self._body = body
         self._ending = ending
         self._watch = watch
+        self._first = opening + 1
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body, watch = self._body, self._watch
@@ -71,7 +79,7 @@ class StreamReply:
                 return
             with watch.streaming() as streaming:
                 await send(self._start)
-                last = await relay(body, write)
+                last = await relay(body, write, first=self._first)
             watch.stop()  # the server reports the completed response as a disconnect
             if not streaming.cancel_called:
                 await send({"type": "http.response.body", "body": last, "more_body": False})
