@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -217,7 +217,7 @@ class ChatRoutes:
 
     def __init__(self, http: Starlette, paths: frozenset[str]) -> None:
         self._http = http
-        self._handlers: dict[str, Callable[[Request], Awaitable[Response]]] = {
+        self._handlers: dict[str, Callable[[Request], Awaitable[ASGIApp]]] = {
             route.path: route.endpoint
             for route in http.routes
             if isinstance(route, Route)

@@ -16,7 +16,7 @@ chunks go out; a failed or abandoned answer stores nothing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +26,7 @@ import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from interlock.api.aisdk_render import (
     FINISH_REASON_SINCE,
@@ -37,12 +37,12 @@ from interlock.api.aisdk_render import (
 )
 from interlock.api.aisdk_wire import Options, UIChatBody, UIMessageIn, is_v4, parse_ui, parse_v4
 from interlock.api.body import read_body
-from interlock.api.disconnect import ClientGone, unless_disconnected
+from interlock.api.disconnect import ClientGone, ClientWatch
 from interlock.api.errors import aisdk_error_response
 from interlock.api.identity_wire import json_response, list_json, query_int
 from interlock.api.inbound import authenticate_call, authenticate_request, cache_directive
 from interlock.api.keys import authenticated
-from interlock.api.streaming import EndingStreamingResponse
+from interlock.api.streaming import PLAIN_TEXT, SSE, StreamCut, StreamReply
 from interlock.auth.authenticator import bearer_token
 from interlock.auth.principal import Principal
 from interlock.chat.pipeline import ChatCall, Reply
@@ -65,25 +65,7 @@ UI_STREAM_HEADERS = {
 }
 DATA_STREAM_HEADERS = {"cache-control": "no-cache", "x-vercel-ai-data-stream": "v1"}
 TEXT_STREAM_HEADERS = {"cache-control": "no-cache"}
-PLAIN_TEXT = "text/plain; charset=utf-8"
 MAX_CHAT_ID = 128
-
-
-class StreamCut(Exception):
-    """Raised to end a text stream without its last chunk: the text stream protocol has no
-    error message, so a failure after the first byte can only be told by cutting it."""
-
-
-class CuttableStreamingResponse(EndingStreamingResponse):
-    """A stream that ``StreamCut`` stops without ending the body: the server then closes the
-    connection and the client sees an incomplete response (the failure itself was logged
-    where it happened, without a traceback)."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        except StreamCut:
-            return
 
 
 # ---- conversations, on the chat path --------------------------------------------------------
@@ -170,7 +152,7 @@ def _message_id(call: ChatCall, turn: Turn | None) -> str:
     return "msg-" + call.request_id[4:]
 
 
-async def _chat(request: Request, protocol: str) -> Response:
+async def _chat(request: Request, protocol: str) -> ASGIApp:
     gateway = components_of(request)
     call = gateway.pipeline.begin("aisdk", request.headers)
     try:
@@ -187,30 +169,38 @@ async def _chat(request: Request, protocol: str) -> Response:
         # Until the first token nothing is sent, so only ``receive`` tells that the client
         # left: then the attempt is cancelled and the upstream call with it.
         cache = cache_directive(request)  # the body has no field for it: the header only
-        reply = await unless_disconnected(call.stream(chat, cache), request.receive)
+        watch = ClientWatch(request.receive)
+        reply = await watch.until_committed(call.stream(chat, cache))
         headers = call.headers()
         message_id = _message_id(call, turn)
         if protocol == "ui":
             version = parse_version(gateway.settings.config.aisdk.client_version)
             writer = UIMessageStreamWriter(message_id, finish_reason=version >= FINISH_REASON_SINCE)
-            return EndingStreamingResponse(
+            return StreamReply(
                 _ui_body(gateway, reply, writer, turn),
                 reply,
-                media_type="text/event-stream",
-                headers={**UI_STREAM_HEADERS, **headers},
+                watch,
+                SSE,
+                {**UI_STREAM_HEADERS, **headers},
+                opening=1,
             )
         if protocol == "data":
-            return EndingStreamingResponse(
+            return StreamReply(
                 _data_body(reply, DataStreamWriter(message_id)),
                 reply,
-                media_type=PLAIN_TEXT,
-                headers={**DATA_STREAM_HEADERS, **headers},
+                watch,
+                PLAIN_TEXT,
+                {**DATA_STREAM_HEADERS, **headers},
+                opening=1,
             )
-        return CuttableStreamingResponse(
+        # The text stream has no error message: a failure after the first byte cuts it.
+        return StreamReply(
             _text_body(gateway, reply, turn, message_id),
             reply,
-            media_type=PLAIN_TEXT,
-            headers={**TEXT_STREAM_HEADERS, **headers},
+            watch,
+            PLAIN_TEXT,
+            {**TEXT_STREAM_HEADERS, **headers},
+            opening=0,
         )
     except InterlockError as error:
         call.failed(error)
@@ -222,7 +212,7 @@ async def _chat(request: Request, protocol: str) -> Response:
 
 async def _ui_body(
     gateway: Components, reply: Reply, writer: UIMessageStreamWriter, turn: Turn | None
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     try:
         yield writer.start()
         async for event in reply.events():
@@ -237,13 +227,9 @@ async def _ui_body(
         yield closing
     except InterlockError as error:
         yield writer.error(error.message)
-    finally:
-        # Also on cancellation (the client went away): the upstream call ends here, and the
-        # tokens sent so far are still accounted.
-        await reply.end()
 
 
-async def _data_body(reply: Reply, writer: DataStreamWriter) -> AsyncIterator[bytes]:
+async def _data_body(reply: Reply, writer: DataStreamWriter) -> AsyncGenerator[bytes, None]:
     try:
         yield writer.start()
         async for event in reply.events():
@@ -253,13 +239,11 @@ async def _data_body(reply: Reply, writer: DataStreamWriter) -> AsyncIterator[by
         yield writer.end()
     except InterlockError as error:
         yield writer.error(error.message)
-    finally:
-        await reply.end()
 
 
 async def _text_body(
     gateway: Components, reply: Reply, turn: Turn | None, message_id: str
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     # The UI writer only builds the message to store; its bytes are not sent.
     shadow = UIMessageStreamWriter(message_id, finish_reason=False)
     try:
@@ -274,19 +258,17 @@ async def _text_body(
     except InterlockError as error:
         log.info("text_stream_cut", code=error.code)
         raise StreamCut(error.code) from error
-    finally:
-        await reply.end()
 
 
-async def ui_chat(request: Request) -> Response:
+async def ui_chat(request: Request) -> ASGIApp:
     return await _chat(request, "ui")
 
 
-async def data_chat(request: Request) -> Response:
+async def data_chat(request: Request) -> ASGIApp:
     return await _chat(request, "data")
 
 
-async def text_chat(request: Request) -> Response:
+async def text_chat(request: Request) -> ASGIApp:
     return await _chat(request, "text")
 
 

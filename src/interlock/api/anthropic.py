@@ -8,20 +8,22 @@ canonical ``ChatRequest`` (``anthropic_wire``) and the canonical answer rendered
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from interlock.api import anthropic_wire
 from interlock.api.anthropic_render import EventWriter, error_event, message_body
 from interlock.api.body import read_body
-from interlock.api.disconnect import ClientGone, unless_disconnected
+from interlock.api.disconnect import ClientGone, ClientWatch, unless_disconnected
 from interlock.api.errors import anthropic_error_response
 from interlock.api.inbound import authenticate_call, authenticate_request, cache_directive
-from interlock.api.streaming import EndingStreamingResponse
+from interlock.api.replies import JSONReply
+from interlock.api.streaming import SSE, StreamReply
 from interlock.auth.access import allowed_models, model_not_found
 from interlock.auth.authenticator import bearer_token
 from interlock.chat.pipeline import Reply
@@ -60,7 +62,7 @@ def input_estimate(chat: ChatRequest) -> int:
     return estimate_tokens(chars)
 
 
-async def messages(request: Request) -> Response:
+async def messages(request: Request) -> ASGIApp:
     gateway = components_of(request)
     call = gateway.pipeline.begin("anthropic", request.headers)
     try:
@@ -73,23 +75,23 @@ async def messages(request: Request) -> Response:
         if body.stream:
             # Until the first token nothing is sent, so only ``receive`` tells that the
             # client left: then the attempt is cancelled and the upstream call with it.
-            reply = await unless_disconnected(
-                call.stream(chat, cache_directive(request)), request.receive
-            )
+            watch = ClientWatch(request.receive)
+            reply = await watch.until_committed(call.stream(chat, cache_directive(request)))
             writer = EventWriter(message_id, chat.model)
-            return EndingStreamingResponse(
+            return StreamReply(
                 _stream_body(reply, writer, input_estimate(chat), call.request_id),
                 reply,
-                media_type="text/event-stream",
-                headers={**_SSE_HEADERS, **with_request_id(call.headers())},
+                watch,
+                SSE,
+                {**_SSE_HEADERS, **with_request_id(call.headers())},
+                opening=1,
             )
         result = await unless_disconnected(
             call.complete(chat, cache_directive(request)), request.receive
         )
-        return Response(
+        return JSONReply(
             msgspec.json.encode(message_body(message_id, chat.model, result)),
-            media_type="application/json",
-            headers=with_request_id(call.headers()),
+            with_request_id(call.headers()),
         )
     except InterlockError as error:
         call.failed(error)
@@ -101,7 +103,7 @@ async def messages(request: Request) -> Response:
 
 async def _stream_body(
     reply: Reply, writer: EventWriter, input_tokens: int, request_id: str
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     try:
         yield writer.start(input_tokens)
         async for event in reply.events():
@@ -111,10 +113,6 @@ async def _stream_body(
         yield writer.end()
     except InterlockError as error:
         yield error_event(error, request_id)
-    finally:
-        # Also on cancellation (the client went away): the upstream call ends here, and the
-        # tokens sent so far are still accounted.
-        await reply.end()
 
 
 async def count_tokens(request: Request) -> Response:

@@ -1,16 +1,20 @@
 """Cancelling work whose caller has gone away.
 
-Streaming responses notice a disconnect when a write fails or Starlette's listener fires;
-a non-streaming request only sends at the end, so it watches ``receive`` for
-``http.disconnect`` while it works and cancels itself, which closes the upstream call.
+Neither kind of answer can learn from ``send`` that its client left (uvicorn drops what is
+sent after a disconnect), so both watch ``receive`` for ``http.disconnect`` once the request
+body has been read. A non-streaming request only sends at the end: ``unless_disconnected``
+cancels its work, which closes the upstream call. A stream is watched by one
+``ClientWatch`` from the wait for its first token to its last chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
+import anyio
 from starlette.types import Receive
 
 T = TypeVar("T")
@@ -42,3 +46,67 @@ async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
         raise
     finally:
         watcher.cancel()
+
+
+class ClientWatch:
+    """Watches ``receive`` for the client leaving, with one task for the whole stream.
+
+    Start it once the request body has been read (it takes every later message). Until the
+    first token, ``until_committed`` cancels the work as ``unless_disconnected`` does. While
+    the answer streams, the client leaving cancels the ``streaming`` scope: an anyio scope,
+    so the shielded steps that end the answer (closing upstream, accounting, storing a
+    finished conversation) run to their end. ``stop`` it before the last message of the
+    response, since the server reports a completed response as a disconnect too.
+    """
+
+    __slots__ = ("_scope", "_task", "_watcher", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self._task: asyncio.Task[object] | None = None  # cancelled until the first token
+        self._scope: anyio.CancelScope | None = None  # cancelled while streaming
+        self._watcher = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        if self._scope is not None:
+            self._scope.cancel()
+        elif self._task is not None:
+            self._task.cancel()
+
+    async def until_committed(self, work: Awaitable[T]) -> T:
+        """Await ``work``; if the client leaves first, cancel it and raise ``ClientGone``.
+        The watch stops if ``work`` fails: there is then no stream to watch."""
+        task = self._task = asyncio.current_task()
+        assert task is not None
+        try:
+            return await work
+        except asyncio.CancelledError:
+            self.stop()
+            if self.gone:
+                task.uncancel()
+                raise ClientGone from None
+            raise
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            self._task = None
+
+    @contextmanager
+    def streaming(self) -> Iterator[anyio.CancelScope]:
+        """A scope that the client leaving cancels (at once, if it has already left)."""
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            if self.gone:
+                scope.cancel()
+            try:
+                yield scope
+            finally:
+                self._scope = None
+
+    def stop(self) -> None:
+        """Stop watching (idempotent)."""
+        self._watcher.cancel()

@@ -7,21 +7,23 @@ pipeline's (``interlock.chat.pipeline``).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import msgspec
 import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from interlock.api import openai_wire
 from interlock.api.body import read_body
-from interlock.api.disconnect import ClientGone, unless_disconnected
+from interlock.api.disconnect import ClientGone, ClientWatch, unless_disconnected
 from interlock.api.errors import openai_error_response
 from interlock.api.inbound import authenticate_call, authenticate_request, cache_directive
 from interlock.api.openai_render import DONE, ChunkWriter, completion_body
-from interlock.api.streaming import EndingStreamingResponse
+from interlock.api.replies import JSONReply
+from interlock.api.streaming import SSE, StreamReply
 from interlock.auth.access import visible_models
 from interlock.auth.authenticator import bearer_token
 from interlock.chat.pipeline import Reply
@@ -35,7 +37,7 @@ log = structlog.get_logger("interlock.api.openai")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-async def chat_completions(request: Request) -> Response:
+async def chat_completions(request: Request) -> ASGIApp:
     gateway = components_of(request)
     call = gateway.pipeline.begin("openai", request.headers)
     try:
@@ -50,19 +52,21 @@ async def chat_completions(request: Request) -> Response:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             # Until the first token nothing is sent, so only ``receive`` tells that the
             # client left: then the attempt is cancelled and the upstream call with it.
-            reply = await unless_disconnected(call.stream(chat, cache), request.receive)
+            watch = ClientWatch(request.receive)
+            reply = await watch.until_committed(call.stream(chat, cache))
             writer = ChunkWriter(completion_id, created, chat.model)
-            return EndingStreamingResponse(
+            return StreamReply(
                 _stream_body(reply, writer, include_usage),
                 reply,
-                media_type="text/event-stream",
-                headers={**_SSE_HEADERS, **call.headers()},
+                watch,
+                SSE,
+                {**_SSE_HEADERS, **call.headers()},
+                opening=1,
             )
         result = await unless_disconnected(call.complete(chat, cache), request.receive)
-        return Response(
+        return JSONReply(
             msgspec.json.encode(completion_body(completion_id, created, chat.model, result)),
-            media_type="application/json",
-            headers=call.headers(),
+            call.headers(),
         )
     except InterlockError as error:
         call.failed(error)
@@ -74,7 +78,7 @@ async def chat_completions(request: Request) -> Response:
 
 async def _stream_body(
     reply: Reply, writer: ChunkWriter, include_usage: bool
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     usage: Usage | None = None
     try:
         yield writer.role()
@@ -94,10 +98,6 @@ async def _stream_body(
         yield DONE
     except InterlockError as error:
         yield writer.error(error)
-    finally:
-        # Also on cancellation (the client went away): the upstream call ends here, and the
-        # tokens sent so far are still accounted.
-        await reply.end()
 
 
 async def list_models(request: Request) -> Response:
