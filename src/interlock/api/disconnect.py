@@ -3,7 +3,9 @@
 Neither kind of answer can learn from ``send`` that its client left (uvicorn drops what is
 sent after a disconnect), so both watch ``receive`` for ``http.disconnect`` once the request
 body has been read. A non-streaming request only sends at the end: ``unless_disconnected``
-cancels its work, which closes the upstream call. A stream is watched by one
+cancels its work, which closes the upstream call; it starts watching only once the work has
+taken ``WATCH_AFTER_S``, so that quick answers (cache hits, fast models) pay a timer instead
+of a task. A stream is watched by one
 ``ClientWatch`` from the wait for its first token to its last chunk.
 """
 
@@ -18,6 +20,11 @@ import anyio
 from starlette.types import Receive
 
 T = TypeVar("T")
+
+WATCH_AFTER_S = 0.02
+"""How long a non-streaming request runs before its client is watched: far below what a
+disconnect costs (a model generating for nobody), and a watch that starts late still sees
+a client that already left, since ``receive`` then says so at once."""
 
 
 class ClientGone(Exception):
@@ -36,16 +43,22 @@ async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
     """Await ``work``; if the client disconnects first, cancel it and raise ``ClientGone``."""
     current = asyncio.current_task()
     assert current is not None
-    watcher = asyncio.ensure_future(_watch(receive, current))
+    loop = current.get_loop()
+    watchers: list[asyncio.Task[None]] = []
+    timer = loop.call_later(
+        WATCH_AFTER_S, lambda: watchers.append(loop.create_task(_watch(receive, current)))
+    )
     try:
         return await work
     except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():
+        if watchers and watchers[0].done() and not watchers[0].cancelled():
             current.uncancel()
             raise ClientGone from None
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watchers:
+            watchers[0].cancel()
 
 
 class ClientWatch:
