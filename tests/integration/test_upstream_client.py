@@ -259,6 +259,20 @@ async def test_a_corrupt_compressed_body_is_an_invalid_response() -> None:
         response.close()
 
 
+async def test_an_interim_response_is_skipped_for_the_final_one() -> None:
+    early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    async with (
+        serving(replying(early_hints + ok(b"final", "X-Final: yes"), ok(b"next"))) as server,
+        UpstreamClient(server.origin) as client,
+    ):
+        response = await post(client)
+        assert (response.status, response.headers.get("link")) == (200, None)
+        assert response.headers["x-final"] == "yes"
+        assert await body_of(response) == b"final"
+        assert await body_of(await post(client)) == b"next"
+    assert server.connections == 1
+
+
 async def test_headers_are_lower_cased_and_repeats_joined() -> None:
     reply = ok(b"", "X-Thing: a", "x-thing: b", "Content-Type: Application/JSON; charset=utf-8")
     async with serving(replying(reply)) as server, UpstreamClient(server.origin) as client:

@@ -323,6 +323,7 @@ class _Connection(asyncio.Protocol):
         self._decoder: zlib._Decompress | None = None
         self._until_close = False
         self._keep_alive = False
+        self._interim = False
         self._head_done = False
         self._complete = False
         self._error: BaseException | None = None
@@ -348,7 +349,8 @@ class _Connection(asyncio.Protocol):
         self._body = []
         self._buffered = 0
         self._decoder = None
-        self._until_close = self._keep_alive = self._head_done = self._complete = False
+        self._until_close = self._keep_alive = self._interim = False
+        self._head_done = self._complete = False
         self.status = 0
         self.headers = {}
         self._transport.write(head + body)
@@ -460,7 +462,12 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
-        self.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        if status < 200:  # an interim response (103 Early Hints…): the real one follows
+            self._interim = True
+            self.headers = {}
+            return
+        self.status = status
         # Known only here: llhttp's answer changes once the message is complete.
         self._keep_alive = self._parser.should_keep_alive()
         headers = self.headers
@@ -488,6 +495,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self._complete = True
         self._wake()
 
