@@ -67,6 +67,7 @@ class Options:
     markdown: bool
     output: Path
     wait_quiet_s: int
+    access_log: bool
 
     @property
     def point_count(self) -> int:
@@ -129,6 +130,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         metavar="SECONDS",
         help="before each point, wait up to this long for other processes to go quiet [0]",
     )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="run the gateway at log level info: one JSON access line per request",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results [{RESULTS}]")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -149,6 +155,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         markdown=args.markdown,
         output=args.output,
         wait_quiet_s=max(0, args.wait_quiet),
+        access_log=args.access_log,
     )
 
 
@@ -218,7 +225,13 @@ def measure_all(options: Options, plan: CpuPlan, progress: Console) -> Run:
     points: list[Point] = []
     with (
         tempfile.TemporaryDirectory(prefix="interlock-bench-") as workdir,
-        Stack(Path(workdir), options.delays_ms, plan, options.tokens) as stack,
+        Stack(
+            Path(workdir),
+            options.delays_ms,
+            plan,
+            options.tokens,
+            log_level="info" if options.access_log else "warning",
+        ) as stack,
     ):
         rss_at_start = memory(stack.gateway.pid).rss_mb
         check_gateway_answers(stack)
@@ -247,6 +260,7 @@ def _results_document(
             "duration_s": options.timing.duration_s,
             "tokens": options.tokens,
             "wait_quiet_s": options.wait_quiet_s,
+            "access_log": options.access_log,
             "pinning": {"gateway_cpu": plan.gateway, "load_cpu": plan.load},
         },
         "gateway": {"rss_at_start_mb": run.rss_at_start_mb, "peak_rss_mb": run.peak_rss_mb},
@@ -313,7 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{facts['date']} · {facts['cpus']} CPUs ({facts['cpu_model']}) · "
         f"{facts['memory_gb']} GB RAM · commit {facts['commit'] or '?'}",
         f"{plan.describe()} · {timing.warmup_s} s warm-up + {timing.duration_s} s per run · "
-        f"{options.tokens} tokens per reply · {time.monotonic() - started:.0f} s in all",
+        f"{options.tokens} tokens per reply · "
+        f"{'access lines on' if options.access_log else 'no access lines (log level warning)'} · "
+        f"{time.monotonic() - started:.0f} s in all",
         f"gateway RSS: {run.rss_at_start_mb:.1f} MB at start, peak {run.peak_rss_mb:.1f} MB",
     ]
     print_report(console, run.points, targets, header, markdown=options.markdown)

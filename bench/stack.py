@@ -178,7 +178,7 @@ def _write_config(path: Path, upstreams: Mapping[float, Service]) -> None:
     path.write_text("\n".join(tables), encoding="utf-8")
 
 
-def _gateway_env(workdir: Path, config: Path) -> dict[str, str]:
+def _gateway_env(workdir: Path, config: Path, log_level: str) -> dict[str, str]:
     env = {
         name: value
         for name, value in os.environ.items()
@@ -189,7 +189,7 @@ def _gateway_env(workdir: Path, config: Path) -> dict[str, str]:
         INTERLOCK_ADMIN_KEY=ADMIN_KEY,
         INTERLOCK_SECRET=_SECRET,
         INTERLOCK_CONFIG=str(config),
-        INTERLOCK_LOG_LEVEL="warning",
+        INTERLOCK_LOG_LEVEL=log_level,
         **{_UPSTREAM_KEY_ENV: _UPSTREAM_KEY},
     )
     return env
@@ -200,12 +200,21 @@ class Stack:
 
     ``with Stack(workdir, delays, plan, tokens) as stack:`` starts them and waits until each
     accepts requests; ``stack.upstreams[delay].url`` and ``stack.gateway.url`` are then set.
+    ``log_level`` is the gateway's: at ``info`` it writes an access line per request (into
+    its log file in ``workdir``), at ``warning`` none.
     """
 
     def __init__(
-        self, workdir: Path, delays_ms: Sequence[float], plan: CpuPlan, tokens: int
+        self,
+        workdir: Path,
+        delays_ms: Sequence[float],
+        plan: CpuPlan,
+        tokens: int,
+        *,
+        log_level: str = "warning",
     ) -> None:
         self.workdir = workdir
+        self.log_level = log_level
         self.delays_ms = tuple(delays_ms)
         self.plan = plan
         self.tokens = tokens
@@ -285,7 +294,10 @@ class Stack:
             f"--port={port}",
         ]
         gateway = _start(
-            "gateway", command, self.workdir / "gateway.log", _gateway_env(self.workdir, config)
+            "gateway",
+            command,
+            self.workdir / "gateway.log",
+            _gateway_env(self.workdir, config, self.log_level),
         )
         self._exit.callback(_stop, gateway)
         gateway.url = f"http://127.0.0.1:{port}"
