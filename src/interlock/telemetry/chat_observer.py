@@ -85,20 +85,43 @@ class ChatObserver:
         reporter = self.reporter
         # The fields feed the access line and the error report: without either, skip them.
         if reporter.enabled or access_lines_written():
-            self._report(
-                request_id=request_id,
-                principal=principal,
-                chat=chat,
-                record=record,
-                status=status,
-                error=error,
-                started=started,
-                model=model,
-                deployment=deployment,
-                attempts=attempts,
-                cache=cache,
-                route=context.route if context is not None else None,
-            )
+            code = error.code if isinstance(error, InterlockError) else error
+            fields: dict[str, Any] = {
+                "request_id": request_id,
+                "method": "POST",
+                "route": context.route if context is not None else None,
+                "status": status,
+                "user_id": principal.user_id if principal is not None else None,
+                "key_id": principal.key_id if principal is not None else None,
+                "model": _client_model(chat),
+                "served_model": model or None,
+                "deployment": deployment or None,
+                "attempts": attempts,
+                "cache": cache,
+                "error": code,
+            }
+            if record is not None:
+                fields.update(
+                    latency_ms=record.latency_ms,
+                    ttft_ms=record.ttft_ms,
+                    input_tokens=record.input_tokens,
+                    output_tokens=record.output_tokens,
+                    cached_tokens=record.cached_tokens,
+                    cost=_number(record.cost),
+                    streaming=record.streaming,
+                    partial=record.partial,
+                )
+            else:
+                fields["latency_ms"] = round((time.perf_counter() - started) * 1000)
+            write_access_line(dict(fields) if reporter.enabled else fields)
+            if reporter.enabled:
+                reporter.breadcrumb(
+                    "ai.response",
+                    "chat response",
+                    {key: value for key, value in fields.items() if key not in ("method", "route")},
+                )
+                if isinstance(error, UpstreamError):
+                    reporter.upstream_failed(error, _tags(request_id, fields))
         if chat is not None and self.logs_prompts_of(principal):
             assert principal is not None
             structlog.get_logger(PROMPT_LOGGER).bind(logger=PROMPT_LOGGER).info(
@@ -110,62 +133,6 @@ class ChatObserver:
                 answer=answer,
                 status=status,
             )
-
-    def _report(
-        self,
-        *,
-        request_id: str,
-        principal: Principal | None,
-        chat: ChatRequest | None,
-        record: UsageRecord | None,
-        status: int,
-        error: InterlockError | str | None,
-        started: float,
-        model: str,
-        deployment: str,
-        attempts: int,
-        cache: str,
-        route: str | None,
-    ) -> None:
-        """The access line, the closing breadcrumb and an upstream failure's report."""
-        code = error.code if isinstance(error, InterlockError) else error
-        fields: dict[str, Any] = {
-            "request_id": request_id,
-            "method": "POST",
-            "route": route,
-            "status": status,
-            "user_id": principal.user_id if principal is not None else None,
-            "key_id": principal.key_id if principal is not None else None,
-            "model": _client_model(chat),
-            "served_model": model or None,
-            "deployment": deployment or None,
-            "attempts": attempts,
-            "cache": cache,
-            "error": code,
-        }
-        if record is not None:
-            fields.update(
-                latency_ms=record.latency_ms,
-                ttft_ms=record.ttft_ms,
-                input_tokens=record.input_tokens,
-                output_tokens=record.output_tokens,
-                cached_tokens=record.cached_tokens,
-                cost=_number(record.cost),
-                streaming=record.streaming,
-                partial=record.partial,
-            )
-        else:
-            fields["latency_ms"] = round((time.perf_counter() - started) * 1000)
-        reporter = self.reporter
-        write_access_line(dict(fields) if reporter.enabled else fields)
-        if reporter.enabled:
-            reporter.breadcrumb(
-                "ai.response",
-                "chat response",
-                {key: value for key, value in fields.items() if key not in ("method", "route")},
-            )
-            if isinstance(error, UpstreamError):
-                reporter.upstream_failed(error, _tags(request_id, fields))
 
     def crashed(
         self, exc: BaseException, *, request_id: str, model: str = "", deployment: str = ""
