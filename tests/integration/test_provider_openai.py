@@ -616,6 +616,20 @@ async def test_a_huge_line_is_refused_without_reading_it_all(
 
 
 @pytest.mark.anyio
+async def test_a_key_that_cannot_be_sent_is_a_clear_error_without_the_key(
+    upstream: FakeUpstream, clients: UpstreamClients
+) -> None:
+    key = "sk-pasted-with-a-stray-\u2028"
+    provider = provider_for(upstream.openai_base_url, clients, api_key=key)
+    events, error = await collect_until_error(provider)
+    assert events == []
+    assert type(error) is UpstreamConnectionFailed
+    assert "invalid request header" in error.message
+    assert key not in error.message
+    assert upstream.ledger == []
+
+
+@pytest.mark.anyio
 async def test_connection_refused(clients: UpstreamClients) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

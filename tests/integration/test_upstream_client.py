@@ -25,6 +25,7 @@ from interlock.providers.classify import classify_transport
 from interlock.providers.upstream_client import (
     BodyIncomplete,
     ConnectTimeout,
+    InvalidRequestHeader,
     InvalidResponse,
     ReadTimeout,
     ServerDisconnected,
@@ -418,13 +419,17 @@ async def test_a_cancelled_call_closes_its_connection_and_frees_its_slot() -> No
     assert server.connections == 2
 
 
-async def test_line_breaks_in_a_header_are_refused() -> None:
+@pytest.mark.parametrize(
+    ("value", "problem"), [("a\r\nInjected: yes", "line break"), ("sk-ключ", "Latin-1")]
+)
+async def test_a_header_that_cannot_be_sent_is_refused(value: str, problem: str) -> None:
     async with serving(replying(ok(b""))) as server, UpstreamClient(server.origin) as client:
-        with pytest.raises(ValueError, match="line break"):
-            await client.post(
-                "/", b"", {"X-Id": "a\r\nInjected: yes"}, connect_timeout=1, read_timeout=1
-            )
+        with pytest.raises(InvalidRequestHeader, match=problem) as raised:
+            await client.post("/", b"", {"X-Key": value}, connect_timeout=1, read_timeout=1)
     assert server.requests == []
+    error = classify_transport(raised.value)
+    assert type(error) is UpstreamConnectionFailed
+    assert value not in error.message
 
 
 async def test_a_closed_client_refuses_new_calls() -> None:

@@ -115,6 +115,7 @@ _TRANSPORT: tuple[tuple[type[BaseException], type[UpstreamError], str], ...] = (
     (client.ServerDisconnected, UpstreamConnectionFailed, "server disconnected"),
     (client.BodyIncomplete, UpstreamProtocolError, "stream ended early"),
     (client.InvalidResponse, UpstreamProtocolError, "invalid HTTP response"),
+    (client.InvalidRequestHeader, UpstreamConnectionFailed, "invalid request header"),
     (socket.gaierror, UpstreamConnectionFailed, "name resolution failed"),
     (ssl.SSLCertVerificationError, UpstreamConnectionFailed, "certificate error"),
     (ssl.SSLError, UpstreamConnectionFailed, "TLS error"),

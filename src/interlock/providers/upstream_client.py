@@ -20,6 +20,7 @@ socket), which ``classify`` maps to the gateway's errors.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
 import zlib
@@ -53,8 +54,18 @@ class BodyIncomplete(UpstreamTransportError):
     """The connection closed in the middle of the response body."""
 
 
+class InvalidRequestHeader(UpstreamTransportError, ValueError):
+    """A request header cannot be sent as is (a line break, a character beyond Latin-1)."""
+
+
 class InvalidResponse(UpstreamTransportError):
     """What the provider sent is not HTTP/1.1 (or uses an encoding this client lacks)."""
+
+
+@functools.cache
+def _system_trust() -> ssl.SSLContext:
+    """The system's trust store, loaded once (it reads certificate files) for every origin."""
+    return ssl.create_default_context()
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -91,7 +102,7 @@ class UpstreamClient:
         self.origin = origin
         self._host = parts.hostname
         self._port = parts.port or (443 if secure else 80)
-        self._ssl = (ssl_context or ssl.create_default_context()) if secure else None
+        self._ssl = (ssl_context or _system_trust()) if secure else None
         self._head_prefix = (
             f"\r\nHost: {parts.netloc.rpartition('@')[2]}\r\nUser-Agent: {user_agent}\r\n"
         ).encode("latin-1")
@@ -135,13 +146,17 @@ class UpstreamClient:
         lines = [f"POST {target} HTTP/1.1"]
         for name, value in headers.items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-                raise ValueError(f"line break in the {name!r} header")
+                raise InvalidRequestHeader(f"line break in the {name!r} header")
             lines.append(f"{name}: {value}")
+        try:
+            fields = "\r\n".join(lines[1:]).encode("latin-1")
+        except UnicodeEncodeError:  # a key or header value pasted with a stray character
+            raise InvalidRequestHeader("a header value is not Latin-1 text") from None
         return b"".join(
             (
                 lines[0].encode("latin-1"),
                 self._head_prefix,
-                "\r\n".join(lines[1:]).encode("latin-1"),
+                fields,
                 b"\r\nContent-Length: %d\r\n\r\n" % length,
             )
         )
