@@ -77,15 +77,19 @@ class UsageStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def insert(self, rows: Sequence[dict[str, Any]]) -> int:
+    async def insert(
+        self, rows: Sequence[dict[str, Any]], *, rows_per_statement: int = MAX_ROWS_PER_INSERT
+    ) -> int:
         """Insert ``rows`` (``UsageRow`` columns), skipping request ids already there; how
-        many were new. One statement per ``MAX_ROWS_PER_INSERT`` rows, in one transaction."""
+        many were new. One statement per ``rows_per_statement`` rows (at most
+        ``MAX_ROWS_PER_INSERT``), in one transaction."""
         if not rows:
             return 0
+        step = min(rows_per_statement, MAX_ROWS_PER_INSERT)
         inserted = 0
         async with self._db.engine.begin() as conn:
-            for start in range(0, len(rows), MAX_ROWS_PER_INSERT):
-                inserted += await insert_rows(conn, rows[start : start + MAX_ROWS_PER_INSERT])
+            for start in range(0, len(rows), step):
+                inserted += await insert_rows(conn, rows[start : start + step])
         return inserted
 
     async def report(self, where: UsageFilter, group_by: GroupBy) -> list[UsageTotals]:

@@ -76,6 +76,12 @@ class _Segment:
     evicted: int = 0  # how many records the file holds once ``records`` is None
 
 
+ROWS_PER_STATEMENT = 50
+"""Rows per INSERT statement of a batch (one transaction). Preparing a statement's rows runs
+on the event loop, about 20 µs a row: 500 at once held every request in flight for ~10 ms
+(the p99 of a busy gateway); between statements of 50 the loop serves them."""
+
+
 class UsageLedger:
     """The batched, write-ahead usage writer of one process. ``start``, then ``aclose``."""
 
@@ -268,7 +274,7 @@ class UsageLedger:
             batch = [msgspec.structs.asdict(r) for r in records[start : start + self._batch_size]]
             rejected_before = self.rejected
             try:
-                inserted = await self._store.insert(batch)
+                inserted = await self._store.insert(batch, rows_per_statement=ROWS_PER_STATEMENT)
             except (IntegrityError, DataError):
                 # The database refused the data, not the connection: find the bad rows.
                 inserted = await self._write_one_by_one(batch)
