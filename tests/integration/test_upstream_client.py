@@ -398,6 +398,25 @@ async def test_the_pool_bound_makes_callers_wait_within_the_connect_timeout() ->
     assert type(classify_transport(raised.value)) is UpstreamTimeout
 
 
+async def test_a_waiter_cancelled_as_its_turn_comes_passes_the_turn_on() -> None:
+    async with (
+        serving(replying(ok(b"first"), ok(b"second"))) as server,
+        UpstreamClient(server.origin, max_connections=1) as client,
+    ):
+        held = await post(client)
+        assert await held.read_chunk() == b"first"
+        assert await held.read_chunk() == b""
+        leaving = asyncio.ensure_future(post(client))
+        staying = asyncio.ensure_future(post(client))
+        await asyncio.sleep(0.01)  # both wait for the one connection
+        held.release()  # wakes the first waiter...
+        leaving.cancel()  # ...which leaves before it runs
+        assert await body_of(await asyncio.wait_for(staying, 2)) == b"second"
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+    assert server.connections == 1
+
+
 async def test_a_cancelled_call_closes_its_connection_and_frees_its_slot() -> None:
     async def silent_then_ok(server: Server, reader: Reader, writer: Writer) -> None:
         if server.connections == 1:

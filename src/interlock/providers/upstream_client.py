@@ -205,6 +205,10 @@ class UpstreamClient:
         self._slot_waiters.append(waiter)
         try:
             await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._wake_slot_waiter()  # woken, then cancelled: the turn goes to the next
+            raise
         finally:
             if waiter in self._slot_waiters:
                 self._slot_waiters.remove(waiter)
