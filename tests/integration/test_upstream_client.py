@@ -109,6 +109,17 @@ def replying(*responses: bytes) -> Callable[..., Awaitable[None]]:
     return handler
 
 
+def answering_then_closing(response: bytes) -> Callable[..., Awaitable[None]]:
+    """A handler that answers one request with ``response`` (maybe b"") and hangs up."""
+
+    async def handler(server: Server, reader: Reader, writer: Writer) -> None:
+        if await server.read_request(reader) and response:
+            writer.write(response)
+            await writer.drain()
+
+    return handler
+
+
 def ok(body: bytes, *headers: str) -> bytes:
     lines = ["HTTP/1.1 200 OK", f"Content-Length: {len(body)}", *headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
@@ -180,12 +191,10 @@ async def test_connection_close_from_the_server_is_honoured() -> None:
 
 
 async def test_an_idle_connection_the_server_closed_is_replaced() -> None:
-    async def once_then_close(server: Server, reader: Reader, writer: Writer) -> None:
-        await server.read_request(reader)
-        writer.write(ok(b"done"))
-        await writer.drain()
-
-    async with serving(once_then_close) as server, UpstreamClient(server.origin) as client:
+    async with (
+        serving(answering_then_closing(ok(b"done"))) as server,
+        UpstreamClient(server.origin) as client,
+    ):
         assert await body_of(await post(client)) == b"done"
         await asyncio.sleep(0.05)  # the server's close reaches the idle connection
         assert await body_of(await post(client)) == b"done"
@@ -221,12 +230,11 @@ async def test_a_chunked_body_arrives_whole() -> None:
 
 
 async def test_a_body_delimited_by_the_connection_closing_is_complete() -> None:
-    async def until_close(server: Server, reader: Reader, writer: Writer) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it")
-        await writer.drain()
-
-    async with serving(until_close) as server, UpstreamClient(server.origin) as client:
+    until_close = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it"
+    async with (
+        serving(answering_then_closing(until_close)) as server,
+        UpstreamClient(server.origin) as client,
+    ):
         response = await post(client)
         assert await body_of(response) == b"all of it"
 
@@ -300,22 +308,21 @@ async def test_a_large_body_read_slowly_arrives_intact() -> None:
 
 
 async def test_a_server_closing_before_answering_is_a_disconnect() -> None:
-    async def hang_up(server: Server, reader: Reader, writer: Writer) -> None:
-        await server.read_request(reader)
-
-    async with serving(hang_up) as server, UpstreamClient(server.origin) as client:
+    async with (
+        serving(answering_then_closing(b"")) as server,
+        UpstreamClient(server.origin) as client,
+    ):
         with pytest.raises(ServerDisconnected) as raised:
             await post(client)
     assert type(classify_transport(raised.value)) is UpstreamConnectionFailed
 
 
 async def test_a_body_cut_short_is_incomplete() -> None:
-    async def cut(server: Server, reader: Reader, writer: Writer) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
-        await writer.drain()
-
-    async with serving(cut) as server, UpstreamClient(server.origin) as client:
+    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"
+    async with (
+        serving(answering_then_closing(cut)) as server,
+        UpstreamClient(server.origin) as client,
+    ):
         response = await post(client)
         assert await response.read_chunk() == b"only part"
         with pytest.raises(BodyIncomplete) as raised:
