@@ -88,6 +88,18 @@ def test_labels_come_from_the_configuration() -> None:
     assert found[("interlock_cache_requests_total", (("model", "smart"), ("result", "miss")))] == 1
 
 
+def test_a_finer_duration_replaces_the_records_milliseconds() -> None:
+    metrics = Metrics(CONFIG)
+    metrics.request_done(record(), "openai", duration_s=0.0123, overhead_s=0.0004)
+    found = samples(metrics)
+    durations = [
+        value
+        for (name, labels), value in found.items()
+        if name == "interlock_request_duration_seconds_sum" and ("route", "openai") in labels
+    ]
+    assert durations == [0.0123]
+
+
 def test_routes_are_bounded() -> None:
     assert Metrics.route("openai") == "openai"
     assert Metrics.route("aisdk") == "aisdk"

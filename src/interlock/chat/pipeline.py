@@ -430,11 +430,14 @@ class ChatCall:
             if record is None:
                 metrics.request_refused(self.route, status, error)
             else:
+                # One clock reading for both: the overhead is a part of the duration.
+                elapsed = time.perf_counter() - self.started
                 overhead = None
                 if served.committed and not record.cache_hit:  # answered upstream
-                    elapsed = time.perf_counter() - self.started
                     overhead = max(0.0, elapsed - served.upstream_seconds)
-                metrics.request_done(record, self.route, cache=cache, overhead_s=overhead)
+                metrics.request_done(
+                    record, self.route, cache=cache, duration_s=elapsed, overhead_s=overhead
+                )
         if trace is not None:
             trace.end(
                 request_id=self.request_id,

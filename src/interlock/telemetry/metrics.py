@@ -245,11 +245,13 @@ class Metrics:
         route: str,
         *,
         cache: str | None = None,
+        duration_s: float | None = None,
         overhead_s: float | None = None,
     ) -> None:
         """One chat request ended (``route`` as from ``Metrics.route``). ``cache``: the
-        cache's answer, if it was asked; ``overhead_s``: the gateway's own time, for a
-        request answered upstream."""
+        cache's answer, if it was asked; ``duration_s``: its duration, when measured more
+        finely than the record's milliseconds; ``overhead_s``: the gateway's own time (part
+        of ``duration_s``), for a request answered upstream."""
         model = record.model if record.model in self._models else UNKNOWN
         deployment = record.deployment if record.deployment in self._known_deployments else NONE
         tier = record.tier if record.tier in self._tiers else OTHER
@@ -258,7 +260,7 @@ class Metrics:
         if bound is None:
             bound = self._bound[key] = _Bound(self, *key)
         bound.requests.inc()
-        bound.duration.observe(record.latency_ms / 1000)
+        bound.duration.observe(record.latency_ms / 1000 if duration_s is None else duration_s)
         if record.ttft_ms is not None:
             bound.ttft.observe(record.ttft_ms / 1000)
         if overhead_s is not None:
