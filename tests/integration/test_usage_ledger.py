@@ -212,6 +212,22 @@ async def test_closing_writes_everything_and_clears_the_outbox(db: Database, out
     assert files_in(outbox) == []
 
 
+async def test_closing_in_the_middle_of_a_flush_writes_everything(db: Database) -> None:
+    # A stop under load finds the background flush halfway through its batches. On SQLite,
+    # a statement cut off by cancellation kept the write lock until the garbage collector
+    # freed its connection, and without an outbox the closing flush then lost every row.
+    ledger = ledger_of(db, None, batch_size=100)
+    await ledger.start()
+    writing = anyio.Event()
+    event.listen(db.engine.sync_engine, "before_cursor_execute", lambda *_args: writing.set())
+    for number in range(1000):
+        ledger.record(make_record(number))  # the 100th wakes the background flush
+    await writing.wait()
+    await ledger.aclose()
+    assert await row_count(db) == 1000
+    assert ledger.pending == 0
+
+
 async def test_the_same_request_id_is_written_once(db: Database) -> None:
     ledger = ledger_of(db, None)
     await ledger.start()

@@ -328,7 +328,12 @@ class UsageLedger:
                         await self._wake.wait()
             self._wake.clear()
             try:
-                failures = 0 if await self.flush() else min(failures + 1, 32)
+                # Shielded: ``aclose`` cancels this task, and a flush cut off inside its
+                # transaction can leave SQLite's write lock held until the connection is
+                # collected, so that the closing flush finds the database locked. Shielded,
+                # the flush runs to its end and the closing one waits for its lock.
+                written = await asyncio.shield(self.flush())
+                failures = 0 if written else min(failures + 1, 32)
             except Exception:  # a bug must not stop the ledger: log it and keep going
                 log.exception("usage_flush_crashed")
                 failures = min(failures + 1, 32)
