@@ -3,7 +3,6 @@ file) and on a real PostgreSQL server (a fresh database per test)."""
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
@@ -139,9 +138,12 @@ async def test_records_are_written_in_multi_row_inserts_of_bounded_size(
         ledger.record(make_record(number))
     assert await row_count(db) == 0  # recording never touches the database
     assert await ledger.flush()
-    # Statements of ROWS_PER_STATEMENT rows, so that preparing one never holds the event
-    # loop for long: 24 statements (in three transactions of 500, 500 and 200 rows).
-    assert counter.inserts == math.ceil(1200 / ROWS_PER_STATEMENT) == 24
+    # Statements of at most ROWS_PER_STATEMENT rows, so that preparing one never holds the
+    # event loop for long, sized in powers of two, so that few compiled statements serve
+    # every batch: three transactions of 500 (7 x 64 + 32 + 16 + 4), 500 and 200 rows
+    # (3 x 64 + 8).
+    assert ROWS_PER_STATEMENT == 64
+    assert counter.inserts == 10 + 10 + 4
     assert await row_count(db) == 1200
     assert ledger.pending == 0 and ledger.written == 1200
     await ledger.aclose()
