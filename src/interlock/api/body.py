@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from interlock.errors import BodyTooLarge, InvalidRequest
 
@@ -21,9 +21,15 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLarge(f"The request body is too large (limit {limit} bytes).")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    receive = request.receive  # not ``request.stream()``: an async generator per request
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # "http.disconnect"
+            raise ClientDisconnect
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge(f"The request body is too large (limit {limit} bytes).")
         chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

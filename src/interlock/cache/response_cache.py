@@ -40,7 +40,7 @@ from typing import Any
 
 from interlock.cache.entry import REPLAY_CHUNK_CHARS, CacheEntry
 from interlock.cache.key import Tenant, cache_key
-from interlock.cache.policy import CacheDirective, CacheRule, decide
+from interlock.cache.policy import CacheDirective, CacheRule, decide, is_deterministic
 from interlock.cache.recorder import CacheRecorder
 from interlock.cache.store import EntryStore, OutageLog, memory_store
 from interlock.chat.types import ChatRequest, Event
@@ -163,6 +163,7 @@ class ResponseCache:
         self._poll_max = poll_max
         self._wait_timeout = config.wait_timeout
         self._flights: dict[str, _Flight] = {}
+        self._rules: dict[tuple[str | None, bool, CacheDirective], CacheRule] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._instance = uuid.uuid4().hex[:12]
         self._numbers = itertools.count()
@@ -186,7 +187,13 @@ class ResponseCache:
         """Decide for ``request`` of ``user`` (in ``team``, if any); never raises for a
         state failure (see the module doc). A miss may wait up to ``wait_timeout`` for an
         identical call in flight."""
-        rule = decide(self.config, request, directive)
+        # The rule depends on the model's own settings (if any), determinism and the
+        # directive only: one per combination, decided once.
+        model = request.model if request.model in self.config.models else None
+        rule_key = (model, is_deterministic(request), directive)
+        rule = self._rules.get(rule_key)
+        if rule is None:
+            rule = self._rules[rule_key] = decide(self.config, request, directive)
         if rule.bypass:
             return self._bypass(rule.reason)
         try:

@@ -143,22 +143,20 @@ class UpstreamClient:
         return UpstreamResponse(self, connection, read_timeout)
 
     def _request_head(self, target: str, length: int, headers: dict[str, str]) -> bytes:
-        lines = [f"POST {target} HTTP/1.1"]
-        for name, value in headers.items():
-            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-                raise InvalidRequestHeader(f"line break in the {name!r} header")
-            lines.append(f"{name}: {value}")
+        fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        # Each field adds one CR and one LF: any more is a line break inside a name or value.
+        if fields.count("\r") != len(headers) or fields.count("\n") != len(headers):
+            name = next(n for n, v in headers.items() if "\r" in n + v or "\n" in n + v)
+            raise InvalidRequestHeader(f"line break in the {name!r} header")
         try:
-            fields = "\r\n".join(lines[1:]).encode("latin-1")
+            encoded = fields.encode("latin-1")
         except UnicodeEncodeError:  # a key or header value pasted with a stray character
             raise InvalidRequestHeader("a header value is not Latin-1 text") from None
-        return b"".join(
-            (
-                lines[0].encode("latin-1"),
-                self._head_prefix,
-                fields,
-                b"\r\nContent-Length: %d\r\n\r\n" % length,
-            )
+        return b"POST %s HTTP/1.1%s%sContent-Length: %d\r\n\r\n" % (
+            target.encode("latin-1"),
+            self._head_prefix,
+            encoded,
+            length,
         )
 
     async def close(self) -> None:
