@@ -2,7 +2,8 @@
 
 ``Metrics`` owns every metric and is built once per app (``build_metrics``). The request path
 calls it at a handful of points, each a dictionary look-up and a few pre-bound
-``inc``/``observe`` calls (label children are bound once per label tuple and kept):
+``inc``/``observe`` calls (label children are bound once per label tuple and kept; in one
+process, those of ``request_done`` are plain numbers, see ``local_metrics``):
 
 - ``request_done``: once per chat request, from ``ChatCall._account`` (the usage record
   carries most labels): the request count, its latency, time to first token and the
@@ -31,7 +32,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -40,6 +41,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from interlock.errors import UpstreamError
 from interlock.routing.breaker import CircuitBreakers, CircuitState
 from interlock.settings import ConfigError, FileConfig, Settings
+from interlock.telemetry.local_metrics import LocalCounterFamily, LocalHistogramFamily
 from interlock.telemetry.usage_record import UsageRecord
 
 __all__ = ["CONTENT_TYPE", "ROUTES", "Metrics", "build_metrics"]
@@ -60,6 +62,8 @@ LATENCY_BUCKETS: Final = (
 OVERHEAD_BUCKETS: Final = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )  # fmt: skip
+_Child = TypeVar("_Child", covariant=True)
+
 CIRCUIT_VALUES: Final = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
 
@@ -71,6 +75,54 @@ def _upstream_codes() -> frozenset[str]:
         codes.add(cls.code)
         pending.extend(cls.__subclasses__())
     return frozenset(codes)
+
+
+class _Incremented(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class _Observed(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
+class _Labelled(Protocol[_Child]):
+    def labels(self, *values: str) -> _Child: ...
+
+
+class _LocalFamilies:
+    """The per-request metrics of a single process, registered in its own registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def counter(
+        self, name: str, documentation: str, labels: tuple[str, ...]
+    ) -> _Labelled[_Incremented]:
+        family = LocalCounterFamily(name, documentation, labels)
+        self._registry.register(family)
+        return family
+
+    def histogram(
+        self, name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+    ) -> _Labelled[_Observed]:
+        family = LocalHistogramFamily(name, documentation, labels, buckets)
+        self._registry.register(family)
+        return family
+
+
+class _SharedFamilies:
+    """The per-request metrics in multi-process mode: prometheus-client's, registered
+    nowhere (a scrape reads every process's files)."""
+
+    def counter(
+        self, name: str, documentation: str, labels: tuple[str, ...]
+    ) -> _Labelled[_Incremented]:
+        return Counter(name, documentation, labels, registry=None)
+
+    def histogram(
+        self, name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+    ) -> _Labelled[_Observed]:
+        return Histogram(name, documentation, labels, buckets=buckets, registry=None)
 
 
 class _Bound:
@@ -139,51 +191,47 @@ class Metrics:
         # In multi-process mode the values live in files, and a scrape reads all of them:
         # the metrics are registered nowhere, or this process's would be counted twice.
         own = None if multiprocess_dir is not None else CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
+        # The per-request metrics: plain numbers in one process (see ``local_metrics``),
+        # prometheus-client's classes when the values must reach the shared files.
+        per_request = _LocalFamilies(own) if own is not None else _SharedFamilies()
+        self.requests = per_request.counter(
             "interlock_requests",
             "Chat requests, by inbound route, public model, deployment and HTTP status.",
             ("route", "model", "deployment", "status"),
-            registry=own,
         )
-        self.duration = Histogram(
+        self.duration = per_request.histogram(
             "interlock_request_duration_seconds",
             "Chat request time, from arrival to the end of the answer.",
             ("route", "model"),
-            buckets=LATENCY_BUCKETS,
-            registry=own,
+            LATENCY_BUCKETS,
         )
-        self.ttft = Histogram(
+        self.ttft = per_request.histogram(
             "interlock_time_to_first_token_seconds",
             "Streaming chat requests: time until the first content was sent.",
             ("route", "model"),
-            buckets=LATENCY_BUCKETS,
-            registry=own,
+            LATENCY_BUCKETS,
         )
-        self.overhead = Histogram(
+        self.overhead = per_request.histogram(
             "interlock_gateway_overhead_seconds",
             "Time the gateway itself added to a request answered upstream (total minus the "
             "time spent waiting on providers).",
             ("route",),
-            buckets=OVERHEAD_BUCKETS,
-            registry=own,
+            OVERHEAD_BUCKETS,
         )
-        self.tokens = Counter(
+        self.tokens = per_request.counter(
             "interlock_tokens",
             "Tokens billed by providers, by public model, tier and type (input or output).",
             ("model", "tier", "type"),
-            registry=own,
         )
-        self.cost = Counter(
+        self.cost = per_request.counter(
             "interlock_cost_usd",
             "What the requests cost, in the price table's currency (USD).",
             ("model", "tier"),
-            registry=own,
         )
-        self.cache = Counter(
+        self.cache = per_request.counter(
             "interlock_cache_requests",
             "Chat requests that asked the response cache, by its answer (hit, miss, bypass).",
             ("model", "result"),
-            registry=own,
         )
         self.errors = Counter(
             "interlock_request_errors",
