@@ -31,6 +31,7 @@ from interlock.api import admin, aisdk, anthropic, health, openai, privacy, usag
 from interlock.api import keys as own_keys
 from interlock.api import metrics as metrics_api
 from interlock.api.errors import anthropic_error_response, openai_error_response
+from interlock.api.indexed_headers import IndexedRequest
 from interlock.auth.identity import open_identity
 from interlock.cache import build_cache
 from interlock.chat.service import ChatService
@@ -233,7 +234,7 @@ class ChatRoutes:
             return
         scope["app"] = self._http  # where the handlers find the app's components
         try:
-            response = await handler(Request(scope, receive, send))
+            response = await handler(IndexedRequest(scope, receive, send))
             await response(scope, receive, send)
         except Exception as exc:
             response = await _internal_error(Request(scope), exc)
