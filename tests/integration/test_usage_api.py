@@ -324,6 +324,19 @@ def test_a_complete_answer_leaves_one_row_with_the_provider_counts(
     assert row.latency_ms >= 0 and row.ttft_ms is None
 
 
+def test_a_complete_answer_without_provider_counts_leaves_an_estimate(
+    client: openai.OpenAI, gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    # The reply has no usage: the answer is read to its end and the counts estimated.
+    upstream.default = Behavior(text="one two three four five", include_usage=False)
+    response = client.chat.completions.with_raw_response.create(model="priced", messages=HELLO)
+    assert response.parse().choices[0].message.content == "one two three four five"
+    [row] = usage_rows(gateway, response.headers["x-request-id"])
+    assert (row.status, row.error, row.partial, row.usage_source) == (200, None, False, "estimated")
+    assert row.input_tokens > 0 and row.output_tokens > 0
+    assert row.cost == cost(row.input_tokens, row.output_tokens, PRICED_IN, PRICED_OUT) > 0
+
+
 def test_a_streamed_answer_priced_from_the_table(
     client: openai.OpenAI, gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:

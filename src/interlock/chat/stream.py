@@ -160,6 +160,35 @@ class ChatStream:
         finally:
             self._stop_timer()
             await self._upstream.aclose()
+        await self._conclude(usage, finish)
+        assert self.usage is not None
+        yield self.usage
+        yield finish
+
+    async def held_answer(self) -> list[Event] | None:
+        """The whole answer when the attempt already holds it (a non-streaming call, whose
+        provider sent one reply), concluded as ``events`` concludes it; else ``None``, and
+        the answer is read with ``events``. Spares a whole answer the generator."""
+        held = self._held
+        usage: Usage | None = None
+        finish: Finish | None = None
+        for event in held:
+            if isinstance(event, Usage):
+                usage = event
+            elif isinstance(event, Finish):
+                finish = event
+        if usage is None or finish is None:
+            return None
+        self._held = []
+        for event in held:
+            self._count(event)
+        self._stop_timer()
+        await self._upstream.aclose()
+        await self._conclude(usage, finish)
+        return held
+
+    async def _conclude(self, usage: Usage | None, finish: Finish) -> None:
+        """The answer is complete and the upstream call closed: settle the attempt."""
         self.usage = usage or Usage(
             input_tokens=estimate_tokens(request_length(self.request)),
             output_tokens=estimate_tokens(self.output_chars),
@@ -172,8 +201,6 @@ class ChatStream:
                 admission.observer.answered(self.usage, finish)
             await settler.guard.succeeded(admission, self.usage.total_tokens)
         self.ended = True
-        yield self.usage
-        yield finish
 
     def _count(self, event: Event) -> None:
         if isinstance(event, TextDelta | ReasoningDelta):
@@ -247,7 +274,10 @@ async def collect(stream: ChatStream) -> ChatResult:
     calls: dict[int, ToolCall] = {}
     usage = Usage()
     finish = Finish("stop")
-    async for event in stream.events():
+    events = await stream.held_answer()
+    if events is None:
+        events = [event async for event in stream.events()]
+    for event in events:
         if isinstance(event, TextDelta):
             text.append(event.text)
         elif isinstance(event, ReasoningDelta):
