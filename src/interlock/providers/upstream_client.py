@@ -31,6 +31,10 @@ from urllib.parse import urlsplit
 import httptools
 
 _READ_PAUSE_BYTES: Final = 256 * 1024
+_FRAMING_HEADERS: Final = frozenset(
+    (b"content-type", b"content-length", b"transfer-encoding", b"content-encoding")
+)
+"""The response headers read as they arrive: how the body is framed and encoded, its type."""
 """Reading from the socket pauses while this much of the body waits for the caller."""
 
 
@@ -284,7 +288,17 @@ class UpstreamResponse:
     its end, else it is closed) or ``close()`` (always closed: the provider sees the client
     leave and stops generating)."""
 
-    __slots__ = ("_client", "_connection", "_done", "_read_timeout", "headers", "status")
+    __slots__ = (
+        "_client",
+        "_connection",
+        "_done",
+        "_headers",
+        "_raw_headers",
+        "_read_timeout",
+        "content_length",
+        "content_type",
+        "status",
+    )
 
     def __init__(
         self, client: UpstreamClient, connection: _Connection, read_timeout: float | None
@@ -294,18 +308,25 @@ class UpstreamResponse:
         self._read_timeout = read_timeout
         self._done = False
         self.status = connection.status
-        self.headers = connection.headers
-        """Lower-cased names; a repeated header's values joined with ``", "``."""
-
-    @property
-    def content_type(self) -> str:
+        self.content_type = connection.content_type
         """The media type, lower-cased, without parameters (``""`` if none was sent)."""
-        return self.headers.get("content-type", "").partition(";")[0].strip().lower()
+        self.content_length = connection.content_length
+        self._raw_headers = connection.raw_headers
+        self._headers: dict[str, str] | None = None
 
     @property
-    def content_length(self) -> int | None:
-        value = self.headers.get("content-length")
-        return int(value) if value is not None and value.isdigit() else None
+    def headers(self) -> dict[str, str]:
+        """Lower-cased names; a repeated header's values joined with ``", "``. Decoded on
+        first use: a provider sends some twenty headers, and most calls read none."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = {}
+            for name, value in self._raw_headers:
+                key = name.decode("latin-1").lower()
+                text = value.decode("latin-1")
+                previous = headers.get(key)
+                headers[key] = text if previous is None else f"{previous}, {text}"
+        return headers
 
     def at_eof(self) -> bool:
         return self._connection.finished()
@@ -346,7 +367,10 @@ class _Connection(asyncio.Protocol):
         self._error: BaseException | None = None
         self._lost = False
         self.status = 0
-        self.headers: dict[str, str] = {}
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self._framing: list[tuple[bytes, bytes]] = []  # (lower-cased name, value)
+        self.content_type = ""
+        self.content_length: int | None = None
         self.idle_since = 0.0
 
     # ---- used by the client ------------------------------------------------------------------
@@ -369,7 +393,10 @@ class _Connection(asyncio.Protocol):
         self._until_close = self._keep_alive = self._interim = False
         self._head_done = self._complete = False
         self.status = 0
-        self.headers = {}
+        self.raw_headers = []  # a new list: the last response may still read the old one
+        self._framing = []
+        self.content_type = ""
+        self.content_length = None
         self._transport.write(head + body)
 
     async def wait_for_head(self, read_timeout: float | None) -> None:
@@ -472,27 +499,38 @@ class _Connection(asyncio.Protocol):
     # ---- httptools callbacks -----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        previous = self.headers.get(key)
-        self.headers[key] = text if previous is None else f"{previous}, {text}"
+        self.raw_headers.append((name, value))
+        key = name.lower()
+        if key in _FRAMING_HEADERS:  # read now; the rest only if asked (``headers``)
+            self._framing.append((key, value))
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
         status = self._parser.get_status_code()
         if status < 200:  # an interim response (103 Early Hints…): the real one follows
             self._interim = True
-            self.headers = {}
+            self.raw_headers = []
+            self._framing = []
             return
         self.status = status
         # Known only here: llhttp's answer changes once the message is complete.
         self._keep_alive = self._parser.should_keep_alive()
-        headers = self.headers
-        self._until_close = (
-            "content-length" not in headers
-            and "chunked" not in headers.get("transfer-encoding", "").lower()
+        length = transfer = None
+        encoding = "identity"
+        for key, value in self._framing:
+            if key == b"content-type":
+                self.content_type = value.partition(b";")[0].strip().lower().decode("latin-1")
+            elif key == b"content-length":
+                length = value
+            elif key == b"transfer-encoding":
+                transfer = value if transfer is None else transfer + b", " + value
+            else:  # content-encoding
+                encoding = value.decode("latin-1").strip().lower()
+        if length is not None and length.isdigit():
+            self.content_length = int(length)
+        self._until_close = length is None and (
+            transfer is None or b"chunked" not in transfer.lower()
         )
-        encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding == "gzip":
             self._decoder = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
         elif encoding == "deflate":
