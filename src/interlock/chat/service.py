@@ -34,6 +34,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from interlock.chat.deadline import Deadline
 from interlock.chat.stream import (
     ChatStream,
     ServedBy,
@@ -277,32 +278,34 @@ class ChatService:
             if whole and reservation.slot_backend is not None
             else None
         )
+        timer = Deadline(limit)
         try:
-            async with asyncio.timeout_at(limit) as scope:
-                async for event in upstream:
-                    held.append(event)
-                    if commits(event):
-                        break
-                    if waiting_for_content:
-                        if is_content_or_finish(event):
-                            # From the first content on, only the total timeout applies.
-                            waiting_for_content = False
-                            scope.reschedule(deadline)
-                    elif loop.time() >= reservation.renew_at:
-                        # A long answer collected from a stream: keep the slot's lease alive.
-                        await guard.capacity.renew(candidate, reservation)
-                else:
-                    raise UpstreamProtocolError("The model provider's stream ended early.")
-        except TimeoutError:
+            async for event in upstream:
+                held.append(event)
+                if commits(event):
+                    break
+                if waiting_for_content:
+                    if is_content_or_finish(event):
+                        # From the first content on, only the total timeout applies.
+                        waiting_for_content = False
+                        timer.move(deadline)
+                elif loop.time() >= reservation.renew_at:
+                    # A long answer collected from a stream: keep the slot's lease alive.
+                    await guard.capacity.renew(candidate, reservation)
+            else:
+                raise UpstreamProtocolError("The model provider's stream ended early.")
+            timer.stop()
+        except BaseException as error:
+            # Whatever ended the attempt, a deadline that expired has its cancellation undone.
+            timed_out = timer.claim() and isinstance(error, asyncio.CancelledError)
             await upstream.aclose()
+            if not timed_out:
+                raise
             if waiting_for_content:
                 raise UpstreamTimeout(
                     "The model provider did not start answering in time."
                 ) from None
             raise UpstreamTimeout("The model provider did not finish in time.") from None
-        except BaseException:
-            await upstream.aclose()
-            raise
         finally:
             if keeper is not None:
                 keeper.cancel()
