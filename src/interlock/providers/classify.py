@@ -38,7 +38,7 @@ from interlock.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from interlock.providers import upstream_client as client
+from interlock.providers import upstream_errors as transport
 from interlock.redaction import scrub
 
 # ---- the tables ----------------------------------------------------------------------------
@@ -110,12 +110,12 @@ _CONTEXT_LENGTH_PHRASES = (
 
 _TRANSPORT: tuple[tuple[type[BaseException], type[UpstreamError], str], ...] = (
     # Order matters: the first match wins, so subclasses come before their bases.
-    (client.ConnectTimeout, UpstreamTimeout, "connect timeout"),
-    (client.ReadTimeout, UpstreamTimeout, "read timeout"),
-    (client.ServerDisconnected, UpstreamConnectionFailed, "server disconnected"),
-    (client.BodyIncomplete, UpstreamProtocolError, "stream ended early"),
-    (client.InvalidResponse, UpstreamProtocolError, "invalid HTTP response"),
-    (client.InvalidRequestHeader, UpstreamConnectionFailed, "invalid request header"),
+    (transport.ConnectTimeout, UpstreamTimeout, "connect timeout"),
+    (transport.ReadTimeout, UpstreamTimeout, "read timeout"),
+    (transport.ServerDisconnected, UpstreamConnectionFailed, "server disconnected"),
+    (transport.BodyIncomplete, UpstreamProtocolError, "stream ended early"),
+    (transport.InvalidResponse, UpstreamProtocolError, "invalid HTTP response"),
+    (transport.InvalidRequestHeader, UpstreamConnectionFailed, "invalid request header"),
     (socket.gaierror, UpstreamConnectionFailed, "name resolution failed"),
     (ssl.SSLCertVerificationError, UpstreamConnectionFailed, "certificate error"),
     (ssl.SSLError, UpstreamConnectionFailed, "TLS error"),
@@ -139,7 +139,7 @@ _TRANSPORT: tuple[tuple[type[BaseException], type[UpstreamError], str], ...] = (
 )
 
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    client.UpstreamTransportError,
+    transport.UpstreamTransportError,
     aiohttp.ClientError,
     OSError,
     TimeoutError,
