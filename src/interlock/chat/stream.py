@@ -179,9 +179,8 @@ class ChatStream:
                 finish = event
         if usage is None or finish is None:
             return None
+        # ``output_chars`` stays uncounted: it serves estimates, and the usage is in hand.
         self._held = []
-        for event in held:
-            self._count(event)
         self._stop_timer()
         await self._upstream.aclose()
         await self._conclude(usage, finish)
