@@ -106,7 +106,7 @@ def free_port() -> int:
         return port
 
 
-def _start(
+def start_service(
     name: str, command: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
 ) -> Service:
     with log_path.open("wb") as log:
@@ -121,7 +121,7 @@ def _start(
     return Service(name, process, log_path)
 
 
-def _stop(service: Service) -> None:
+def stop_service(service: Service) -> None:
     """SIGTERM the service's process group, then SIGKILL it if it lingers."""
     process = service.process
     for signum, wait_s in ((signal.SIGTERM, _STOP_GRACE_S), (signal.SIGKILL, _STOP_GRACE_S)):
@@ -134,7 +134,7 @@ def _stop(service: Service) -> None:
         return
 
 
-def _wait_for_log(service: Service, timeout_s: float) -> str:
+def wait_for_listening(service: Service, timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         service.check_alive()
@@ -162,12 +162,27 @@ def _wait_for_ready(service: Service, timeout_s: float) -> None:
     )
 
 
+def fake_upstream_command(delay_ms: float, tokens: int) -> list[str]:
+    """The fake upstream on a free port of 127.0.0.1 (it prints ``listening on URL``)."""
+    return [
+        sys.executable,
+        "-m",
+        "interlock.testing.fake_upstream",
+        "--host=127.0.0.1",
+        "--port=0",
+        f"--first-byte-delay-ms={delay_ms:g}",
+        "--token-delay-ms=0",
+        f"--tokens={tokens}",
+        f"--model={UPSTREAM_MODEL}",
+    ]
+
+
 def gateway_model(delay_ms: float) -> str:
     """The gateway's public model name routed to the upstream with this delay."""
     return f"bench-{delay_ms:g}ms"
 
 
-def _write_config(path: Path, upstreams: Mapping[float, Service]) -> None:
+def write_gateway_config(path: Path, upstreams: Mapping[float, Service]) -> None:
     tables = [
         f'[models."{gateway_model(delay)}"]\n'
         f'deployments = [{{ provider = "openai", model = "{UPSTREAM_MODEL}", '
@@ -178,7 +193,7 @@ def _write_config(path: Path, upstreams: Mapping[float, Service]) -> None:
     path.write_text("\n".join(tables), encoding="utf-8")
 
 
-def _gateway_env(workdir: Path, config: Path, log_level: str) -> dict[str, str]:
+def gateway_env(workdir: Path, config: Path, log_level: str) -> dict[str, str]:
     env = {
         name: value
         for name, value in os.environ.items()
@@ -265,24 +280,16 @@ class Stack:
             name = f"fake upstream ({delay:g} ms)"
             command = [
                 *self.plan.prefix(self.plan.load),
-                sys.executable,
-                "-m",
-                "interlock.testing.fake_upstream",
-                "--host=127.0.0.1",
-                "--port=0",
-                f"--first-byte-delay-ms={delay:g}",
-                "--token-delay-ms=0",
-                f"--tokens={self.tokens}",
-                f"--model={UPSTREAM_MODEL}",
+                *fake_upstream_command(delay, self.tokens),
             ]
-            service = _start(name, command, self.workdir / f"upstream-{delay:g}ms.log")
-            self._exit.callback(_stop, service)
+            service = start_service(name, command, self.workdir / f"upstream-{delay:g}ms.log")
+            self._exit.callback(stop_service, service)
             self.upstreams[delay] = service
         for service in self.upstreams.values():
-            service.url = _wait_for_log(service, _UPSTREAM_START_S)
+            service.url = wait_for_listening(service, _UPSTREAM_START_S)
 
         config = self.workdir / "interlock.toml"
-        _write_config(config, self.upstreams)
+        write_gateway_config(config, self.upstreams)
         port = free_port()
         command = [
             *self.plan.prefix(self.plan.gateway),
@@ -293,13 +300,13 @@ class Stack:
             "--host=127.0.0.1",
             f"--port={port}",
         ]
-        gateway = _start(
+        gateway = start_service(
             "gateway",
             command,
             self.workdir / "gateway.log",
-            _gateway_env(self.workdir, config, self.log_level),
+            gateway_env(self.workdir, config, self.log_level),
         )
-        self._exit.callback(_stop, gateway)
+        self._exit.callback(stop_service, gateway)
         gateway.url = f"http://127.0.0.1:{port}"
         self._gateway = gateway
         _wait_for_ready(gateway, _GATEWAY_START_S)
