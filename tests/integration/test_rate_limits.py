@@ -16,8 +16,9 @@ import pytest
 from interlock.auth.principal import Principal, Scope
 from interlock.chat.types import ChatRequest, Message, TextPart
 from interlock.errors import RateLimited
+from interlock.limits.admission import RateLimitExceeded
 from interlock.limits.quota import NO_QUOTAS, Quota
-from interlock.limits.rate_limits import RateLimiter, RateLimitExceeded
+from interlock.limits.rate_limits import RateLimiter
 from interlock.settings import LimitsConfig, RateConfig
 from interlock.state import SharedState, build_state
 from tests.fixtures.redis import redis_server_fixture, redis_url_fixture  # noqa: F401 - fixtures

@@ -16,7 +16,8 @@ import structlog
 from interlock.auth.principal import Principal, Scope
 from interlock.chat.types import ChatRequest, Message, TextPart
 from interlock.errors import ServiceUnavailable
-from interlock.limits.rate_limits import Admission, RateLimiter, RateLimitExceeded
+from interlock.limits.admission import Admission, RateLimitExceeded
+from interlock.limits.rate_limits import RateLimiter
 from interlock.settings import LimitsConfig, RateConfig
 from interlock.state import MemoryState, SharedState, build_state
 from tests.fixtures.redis import RedisServer, redis_server_fixture, redis_url_fixture  # noqa: F401 - fixtures

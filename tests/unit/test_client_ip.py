@@ -6,8 +6,7 @@ import re
 
 import pytest
 
-from interlock.limits.client_ip import UNKNOWN, client_ip, parse_address, parse_networks
-from interlock.limits.rate_limits import ip_bucket
+from interlock.limits.client_ip import UNKNOWN, client_ip, ip_bucket, parse_address, parse_networks
 
 PROXIES = parse_networks(["10.0.0.0/8", "192.168.1.7", "fd00::/8"])
 

@@ -49,9 +49,10 @@ from interlock.chat.service import ChatService
 from interlock.chat.stream import ChatStream, ServedBy, collect
 from interlock.chat.types import ChatRequest, ChatResult, Event, TextDelta, Usage
 from interlock.errors import AuthenticationFailed, InterlockError, InternalError, InvalidRequest
+from interlock.limits.admission import Admission, RateLimitExceeded
 from interlock.limits.budgets import Budgets, Reservation
 from interlock.limits.quota import NO_QUOTAS, Quotas
-from interlock.limits.rate_limits import Admission, RateLimiter, RateLimitExceeded
+from interlock.limits.rate_limits import RateLimiter
 from interlock.providers.http import upstream_headers
 from interlock.settings import ServerConfig
 from interlock.telemetry.chat_observer import ChatObserver

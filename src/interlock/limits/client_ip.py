@@ -13,6 +13,7 @@ An untrusted peer's ``X-Forwarded-For`` is ignored entirely, so spoofing it chan
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -24,6 +25,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 UNKNOWN = "unknown"
 # Longer headers are not walked: no real chain of proxies is this long.
 MAX_HOPS = 64
+IPV6_PREFIX = 64  # one IPv6 client usually holds a whole /64
 
 
 def parse_address(text: str) -> IPAddress | None:
@@ -101,3 +103,22 @@ def client_ip(
         if not _trusted(hop, trusted_proxies):
             break
     return str(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def ip_bucket(ip: str) -> str:
+    """The bucket name of a client address: the address itself, or its /64 for IPv6 (a
+    client that holds a /64 must not get 2**64 buckets). Cached: the same clients come back."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return UNKNOWN
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+    return str(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def peer_address(peer: str) -> str:
+    """A TCP peer's address, normalised (cached: the same peers come back)."""
+    return client_ip(peer, None, ())

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import itertools
 import math
 import os
@@ -47,73 +46,28 @@ from typing import Any
 from interlock.auth.principal import Principal, Scope
 from interlock.chat.stream import estimate_tokens, request_length
 from interlock.chat.types import ChatRequest
-from interlock.errors import RateLimited, ServiceUnavailable
-from interlock.limits.client_ip import UNKNOWN, client_ip
+from interlock.errors import ServiceUnavailable
+from interlock.limits.admission import (
+    SCOPE_NAMES,
+    Admission,
+    RateLimitExceeded,
+    pool_full,
+    quotas_of,
+    refunds,
+    requests_quota,
+    scope_kind,
+    token_changes,
+    unit_of,
+    whole_seconds,
+)
+from interlock.limits.client_ip import client_ip, ip_bucket, peer_address
 from interlock.limits.fallback import LimitState
-from interlock.limits.quota import NO_QUOTAS, Quota, Quotas, tightest
+from interlock.limits.quota import NO_QUOTAS, Quotas
 from interlock.settings import LimitsConfig
-from interlock.state import Decision, Limit, MemoryState, ScopeStatus, SharedState
+from interlock.state import Decision, Limit, MemoryState, SharedState
 
 WINDOW = 60.0  # every rate is per minute
-# No one knows when a concurrent request ends; a full pool is worth asking about this soon.
-CONCURRENCY_RETRY_AFTER = 1.0
 DEFAULT_OUTPUT_TOKENS = 1024
-IPV6_PREFIX = 64  # one IPv6 client usually holds a whole /64
-
-_SCOPES = {
-    "ip": "this IP address",
-    "key": "this API key",
-    "user": "this user",
-    "tier": "this tier (all its users together)",
-    "model": "this user on this model",
-}
-
-
-class RateLimitExceeded(RateLimited):
-    """A rate limit refused the request. ``code`` names the scope (``key_rate_limit_exceeded``,
-    ``concurrency_limit_exceeded``...); ``quotas`` are the ``x-ratelimit-*`` values."""
-
-    def __init__(
-        self, message: str, *, code: str, retry_after: float | None, quotas: Quotas
-    ) -> None:
-        super().__init__(message, code=code, retry_after=retry_after)
-        self.quotas = quotas
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return self.quotas.headers()
-
-
-@lru_cache(maxsize=4096)
-def ip_bucket(ip: str) -> str:
-    """The bucket name of a client address: the address itself, or its /64 for IPv6 (a
-    client that holds a /64 must not get 2**64 buckets). Cached: the same clients come back."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return UNKNOWN
-    if isinstance(address, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
-    return str(address)
-
-
-@lru_cache(maxsize=4096)
-def _peer_address(peer: str) -> str:
-    """A TCP peer's address, normalised (cached: the same peers come back)."""
-    return client_ip(peer, None, ())
-
-
-def whole_seconds(seconds: float) -> float:
-    """A wait as ``Retry-After`` gives it: whole seconds, rounded up, at least 1."""
-    return float(max(1, math.ceil(seconds - 1e-9)))
-
-
-def _kind(key: str) -> str:
-    return key.split(":", 2)[1]
-
-
-def _unit(key: str) -> str:
-    return key.rsplit(":", 1)[1]
 
 
 def _narrower(key: int | None, user: int | None) -> int | None:
@@ -127,85 +81,8 @@ def _no_rates(scope: Scope) -> bool:
     return scope.rpm is None and scope.tpm is None and scope.max_concurrent is None
 
 
-def _requests_quota(status: ScopeStatus) -> Quotas:
-    return Quotas(requests=Quota(status.limit, status.remaining, status.reset))
-
-
-def _refunds(buckets: Sequence[Limit]) -> list[Limit]:
-    """What gives back the costs ``buckets`` took."""
-    return [Limit(b.key, b.limit, b.window, -b.cost) for b in buckets]
-
-
 def _in_process(backend: SharedState | None) -> MemoryState | None:
     return backend if isinstance(backend, MemoryState) else None
-
-
-def _pool_full(name: str, cap: int, quotas: Quotas) -> RateLimitExceeded:
-    return RateLimitExceeded(
-        f"Too many requests at once for {_SCOPES[_kind(name)]} (at most {cap}); retry "
-        "when one has finished.",
-        code="concurrency_limit_exceeded",
-        retry_after=CONCURRENCY_RETRY_AFTER,
-        quotas=quotas,
-    )
-
-
-def _quotas(statuses: Sequence[ScopeStatus]) -> Quotas:
-    return Quotas(
-        requests=tightest(s for s in statuses if _unit(s.key) == "requests"),
-        tokens=tightest(s for s in statuses if _unit(s.key) == "tokens"),
-    )
-
-
-def _token_changes(admission: Admission, used_tokens: int) -> list[Limit]:
-    """What replaces the admission's token reservation by ``used_tokens`` (none if nothing
-    was charged, or nothing changes)."""
-    change = used_tokens - admission.reserved
-    if admission.limits_backend is None or not admission.tokens or not change:
-        return []
-    return [Limit(b.key, b.limit, b.window, change) for b in admission.tokens]
-
-
-class Admission:
-    """What one admitted request holds; give it back with ``RateLimiter.settle``."""
-
-    __slots__ = (
-        "holder",
-        "limits_backend",
-        "quotas",
-        "renew_at",
-        "reserved",
-        "settled",
-        "slots",
-        "tokens",
-    )
-
-    def __init__(
-        self,
-        quotas: Quotas,
-        *,
-        holder: str = "",
-        tokens: tuple[Limit, ...] = (),
-        reserved: int = 0,
-        limits_backend: SharedState | None = None,
-        slots: tuple[tuple[str, SharedState], ...] = (),
-        renew_at: float = math.inf,
-    ) -> None:
-        self.quotas = quotas  # the x-ratelimit-* values of this request
-        self.holder = holder  # this request's id in the slot pools
-        self.tokens = tokens  # the token buckets charged, each with ``reserved`` tokens
-        self.reserved = reserved
-        self.limits_backend = limits_backend  # where the tokens were taken; None: nowhere
-        self.slots = slots  # the pools holding a slot, each with the state that granted it
-        self.renew_at = renew_at  # event-loop time after which the slots' leases are renewed
-        self.settled = False
-
-    def headers(self) -> dict[str, str]:
-        return self.quotas.headers()
-
-    def renew_due(self) -> bool:
-        """Whether the slots' leases should be renewed now (``RateLimiter.renew``)."""
-        return bool(self.slots) and asyncio.get_running_loop().time() >= self.renew_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +126,7 @@ class RateLimiter:
     def client_ip(self, peer: str | None, x_forwarded_for: str | Sequence[str] | None) -> str:
         """The caller's address, honouring ``X-Forwarded-For`` from trusted proxies only."""
         if not self.trusted_proxies and peer is not None:
-            return _peer_address(peer)  # the header cannot matter: skip reading it
+            return peer_address(peer)  # the header cannot matter: skip reading it
         return client_ip(peer, x_forwarded_for, self.trusted_proxies)
 
     def _limits_of_ip(self, ip: str) -> tuple[tuple[Limit, ...], Limit | None]:
@@ -281,7 +158,7 @@ class RateLimiter:
                 return NO_QUOTAS
             decision = answer[0]
         scopes = decision.scopes  # in the order of ``checks``
-        quotas = NO_QUOTAS if self._ip_rpm is None else _requests_quota(scopes[0])
+        quotas = NO_QUOTAS if self._ip_rpm is None else requests_quota(scopes[0])
         failed = scopes[-1] if self._failures is not None else None
         if failed is not None and failed.remaining == 0:
             # Full: one more failure would not fit. Wait until one has drained.
@@ -389,7 +266,7 @@ class RateLimiter:
             return Admission(before)
         if request.max_tokens is None:
             # The caller did not ask for this output: never refuse for our own default.
-            caps = [b.limit for b in buckets if _unit(b.key) == "tokens"]
+            caps = [b.limit for b in buckets if unit_of(b.key) == "tokens"]
             if caps and tokens > min(caps):
                 tokens = min(caps)
                 buckets = self._buckets(principal, request.model, tokens)
@@ -448,15 +325,15 @@ class RateLimiter:
             for taken, _ in held:
                 memory.slots.release_now(taken, holder)
             if admission.limits_backend is not None:
-                memory.limits.adjust_now(_refunds(buckets))
+                memory.limits.adjust_now(refunds(buckets))
             admission.settled = True
-            raise _pool_full(name, cap, admission.quotas)
+            raise pool_full(name, cap, admission.quotas)
         self._hold(admission, held)
         return admission
 
     def _decided(self, decision: Decision, before: Quotas, tokens: int) -> Quotas:
         """The quotas after ``decision``; raises the refusal if it refused."""
-        quotas = before.merged(_quotas(decision.scopes))
+        quotas = before.merged(quotas_of(decision.scopes))
         if not decision.allowed:
             raise self._refusal(decision, quotas, tokens)
         return quotas
@@ -468,7 +345,7 @@ class RateLimiter:
         tokens: int,
         limits_backend: SharedState | None,
     ) -> Admission:
-        charged = tuple(b for b in buckets if _unit(b.key) == "tokens")
+        charged = tuple(b for b in buckets if unit_of(b.key) == "tokens")
         return Admission(
             quotas,
             holder=self.holder(),
@@ -505,29 +382,30 @@ class RateLimiter:
             for taken, owner in held:
                 await self.state.undo("release", owner.slots.release(taken, holder))
             if admission.limits_backend is not None:
-                refund = _refunds(buckets)
+                refund = refunds(buckets)
                 await self.state.undo("adjust", admission.limits_backend.limits.adjust(refund))
             admission.settled = True
-            raise _pool_full(name, cap, admission.quotas)
+            raise pool_full(name, cap, admission.quotas)
         self._hold(admission, held)
 
     def _refusal(self, decision: Decision, quotas: Quotas, tokens: int | None) -> RateLimitExceeded:
         refused = decision.refused
         assert refused is not None
-        scope, unit = _kind(refused.key), _unit(refused.key)
+        scope, unit = scope_kind(refused.key), unit_of(refused.key)
         per_minute = f"{refused.limit} {unit} per minute"
         code = f"{scope}_rate_limit_exceeded"
         if math.isinf(refused.retry_after):
             return RateLimitExceeded(
                 f"This request needs {tokens} tokens, more than the {per_minute} of "
-                f"{_SCOPES[scope]}; lower max_tokens or shorten the messages.",
+                f"{SCOPE_NAMES[scope]}; lower max_tokens or shorten the messages.",
                 code=code,
                 retry_after=None,
                 quotas=quotas,
             )
         wait = whole_seconds(refused.retry_after)
         return RateLimitExceeded(
-            f"Rate limit of {_SCOPES[scope]} reached ({per_minute}); retry in {wait:.0f} seconds.",
+            f"Rate limit of {SCOPE_NAMES[scope]} reached ({per_minute}); "
+            f"retry in {wait:.0f} seconds.",
             code=code,
             retry_after=wait,
             quotas=quotas,
@@ -560,7 +438,7 @@ class RateLimiter:
         for name, backend in admission.slots:
             await self.state.undo("release", backend.slots.release(name, admission.holder))
         limits = admission.limits_backend
-        changes = _token_changes(admission, used_tokens)
+        changes = token_changes(admission, used_tokens)
         if limits is not None and changes:
             await self.state.undo("adjust", limits.limits.adjust(changes))
 
@@ -576,7 +454,7 @@ class RateLimiter:
     def _settled_now(self, admission: Admission, used_tokens: int) -> bool:
         """``settle``, synchronously, if every state ``admission`` holds something in is
         in-process; False (nothing done) otherwise."""
-        changes = _token_changes(admission, used_tokens)
+        changes = token_changes(admission, used_tokens)
         limits = _in_process(admission.limits_backend) if changes else None
         if changes and limits is None:
             return False
