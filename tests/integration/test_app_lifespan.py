@@ -26,8 +26,10 @@ async def test_startup_freezes_its_objects_and_collects_young_ones_rarely(
     app = create_app(make_settings(tmp_path), announce=None)
     received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     sent: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    before = gc.get_threshold()  # another test's lifespan may have raised it already
+    # Another test's lifespan may have frozen objects and raised the threshold already.
+    before = gc.get_threshold()
     gc.set_threshold(700, 10, 10)  # Python's default
+    gc.unfreeze()  # and the lifespan freezes them again
     await received.put({"type": "lifespan.startup"})
     lifespan = asyncio.create_task(
         app({"type": "lifespan", "asgi": {"version": "3.0"}}, received.get, sent.put)
@@ -42,6 +44,7 @@ async def test_startup_freezes_its_objects_and_collects_young_ones_rarely(
     finally:
         await received.put({"type": "lifespan.shutdown"})
         await asyncio.wait_for(lifespan, 30)
+        # Left frozen, as startup leaves it: unfrozen, every full collection would re-scan
+        # this test process's whole heap and stall the gateways later tests run in threads.
         gc.set_threshold(*before)
-        gc.unfreeze()
     assert (await sent.get())["type"] == "lifespan.shutdown.complete"
