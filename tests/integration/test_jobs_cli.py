@@ -83,13 +83,19 @@ def test_jobs_run_records_and_lists_the_run(env: dict[str, str]) -> None:
 
 
 def test_a_scheduled_run_happens_once_per_due_time(env: dict[str, str]) -> None:
+    # A yearly schedule: two runs a second apart share their due time (the default, every ten
+    # minutes, would let them straddle a boundary and both run, rightly).
+    with Path(env["INTERLOCK_CONFIG"]).open("a") as config:
+        config.write('[jobs.housekeeping]\nschedule = "0 0 1 1 *"\n')
     json.loads(ok(env, "jobs", "run", "housekeeping", "--scheduled"))
     line = failed(env, 3, "jobs", "run", "housekeeping", "--scheduled")
     assert line.startswith("error: housekeeping: the run due at ")
     assert line.endswith(" UTC was already taken")
     [run] = as_json(env, "jobs", "history")
     assert run["trigger"] == "schedule"
-    assert datetime.fromisoformat(run["scheduled_at"]).minute % 10 == 0  # */10 * * * *
+    due = datetime.fromisoformat(run["scheduled_at"])
+    assert (due.month, due.day, due.hour, due.minute) == (1, 1, 0, 0)
+    assert due <= datetime.now(UTC) < due.replace(year=due.year + 1)
 
 
 def test_a_job_running_elsewhere_is_not_run_again(env: dict[str, str]) -> None:
