@@ -14,7 +14,8 @@ from interlock.telemetry.access_log import note_principal
 
 
 def _peer(request: Request) -> str | None:
-    return request.client.host if request.client is not None else None
+    client = request.scope.get("client")  # (host, port); Starlette's ``client`` wraps it
+    return client[0] if client else None
 
 
 async def authenticate_call(call: ChatCall, request: Request, credential: str | None) -> Principal:

@@ -15,7 +15,7 @@ schemas and ``response_format`` included), content parts tagged with their type,
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -64,8 +64,7 @@ def _message(message: Message) -> dict[str, Any]:
 def canonical_request(request: ChatRequest) -> dict[str, Any]:
     """The request as plain data, without the ignored fields (see the module doc)."""
     body: dict[str, Any] = {}
-    for field in fields(request):
-        name = field.name
+    for name in request.__struct_fields__:
         if name in IGNORED_FIELDS:
             continue
         value = getattr(request, name)

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import msgspec
+
 from interlock.cache.entry import REPLAY_CHUNK_CHARS, CacheEntry
 from interlock.cache.key import Tenant, cache_key
 from interlock.cache.policy import CacheDirective, CacheRule, decide, is_deterministic
@@ -72,8 +74,7 @@ class CacheStats:
     unavailable: int = 0
 
 
-@dataclass(slots=True)
-class CacheDecision:
+class CacheDecision(msgspec.Struct):  # built per request: a Struct is made in C
     """The cache's answer for one request: replay ``entry`` (a hit), or record the fresh
     answer through ``recorder`` (a miss that may be stored), or stay out (a bypass).
 

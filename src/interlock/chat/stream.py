@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from interlock.chat.types import (
     ChatRequest,
@@ -33,8 +34,7 @@ if TYPE_CHECKING:
     from interlock.telemetry.tracing import RequestTrace
 
 
-@dataclass(slots=True)
-class ServedBy:
+class ServedBy(msgspec.Struct):  # built per request: a Struct is made in C
     """How a request was served (rendered into response headers), or, for a request that
     failed, the last deployment it tried."""
 

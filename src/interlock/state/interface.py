@@ -24,7 +24,7 @@ import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self
+from typing import NamedTuple, Protocol, Self
 
 
 class StateUnavailable(Exception):
@@ -57,8 +57,7 @@ class Limit:
             raise ValueError(f"rate limit {self.key!r} needs a positive limit and window")
 
 
-@dataclass(frozen=True, slots=True)
-class ScopeStatus:
+class ScopeStatus(NamedTuple):
     """The state of one scope after a decision: what ``x-ratelimit-*`` headers report.
 
     ``remaining``: whole units still available now. ``reset``: seconds until the bucket is
@@ -73,8 +72,7 @@ class ScopeStatus:
     retry_after: float
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The answer to one ``RateLimits.admit`` call.
 
     ``scopes`` are in the order they were asked. When refused, ``refused`` is the scope that
@@ -161,9 +159,8 @@ class Slots(Protocol):
 # --- outcome windows -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class OutcomeStats:
-    """Successes and failures over a window."""
+class OutcomeStats(NamedTuple):
+    """Successes and failures over a window (a tuple: one is made per upstream call)."""
 
     successes: int
     failures: int

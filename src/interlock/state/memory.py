@@ -200,11 +200,25 @@ class MemorySlots:
 
 
 class _Window:
-    __slots__ = ("counts", "expires_at")
+    __slots__ = ("counts", "expires_at", "failures", "successes")
 
-    def __init__(self) -> None:
+    def __init__(self, expires_at: float) -> None:
         self.counts: dict[int, list[int]] = {}  # bucket number -> [successes, failures]
-        self.expires_at = 0.0
+        self.expires_at = expires_at
+        # The sums over ``counts``: recording is O(1), however many buckets there are.
+        self.successes = self.failures = 0
+
+    def bucket(self, current: int) -> list[int]:
+        """The counts of bucket ``current``; opening it drops the buckets that slid out."""
+        counts = self.counts
+        bucket = counts.get(current)
+        if bucket is None:
+            for old in [b for b in counts if b <= current - OUTCOME_BUCKETS]:
+                ok, failed = counts.pop(old)
+                self.successes -= ok
+                self.failures -= failed
+            bucket = counts[current] = [0, 0]
+        return bucket
 
 
 class MemoryOutcomes:
@@ -220,18 +234,21 @@ class MemoryOutcomes:
     def record_now(self, key: str, *, ok: bool, window: float) -> OutcomeStats:
         """``record``, called synchronously."""
         now = self._clock()
-        current = bucket_of(now, window)
-        entry = self._windows.get(key, now) or _Window()
-        counts = entry.counts
-        bucket = counts.get(current)
-        if bucket is None:
-            bucket = counts[current] = [0, 0]
-            for old in [b for b in counts if b <= current - OUTCOME_BUCKETS]:
-                del counts[old]
-        bucket[0 if ok else 1] += 1
-        entry.expires_at = now + window
-        self._windows.put(key, entry, now)
-        return _sum(counts, current)
+        entry = self._windows.get(key, now)
+        if entry is None:
+            entry = _Window(now + window)
+            self._windows.put(key, entry, now)
+        else:
+            # A later deadline needs no re-filing (see ``ExpiryIndex``).
+            entry.expires_at = now + window
+        bucket = entry.bucket(bucket_of(now, window))
+        if ok:
+            bucket[0] += 1
+            entry.successes += 1
+        else:
+            bucket[1] += 1
+            entry.failures += 1
+        return OutcomeStats(entry.successes, entry.failures)
 
     async def read(self, key: str, *, window: float) -> OutcomeStats:
         now = self._clock()
