@@ -25,6 +25,7 @@ import uvicorn
 from interlock.app import InterlockApp, create_app
 from interlock.chat.service import ChatService
 from interlock.components import Components
+from interlock.serving import server_config
 from interlock.testing.fake_upstream import FakeUpstream
 from tests.support.gateway import ADMIN_KEY, make_settings
 
@@ -93,18 +94,7 @@ def serve_gateway(
     tmp_path.mkdir(parents=True, exist_ok=True)
     settings = make_settings(tmp_path, config, env)
     app = create_app(settings, announce=None)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            loop="asyncio",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_level="warning",
-        )
-    )
+    server = uvicorn.Server(server_config(app, settings.host, settings.port, loop="asyncio"))
     loops: list[asyncio.AbstractEventLoop] = []
 
     def run() -> None:

@@ -20,6 +20,7 @@ from opentelemetry.trace import TracerProvider
 from sqlalchemy import select
 
 from interlock.app import create_app
+from interlock.serving import server_config
 from interlock.settings import Settings, load_settings
 from interlock.store.database import Database
 from interlock.store.models import UsageRow
@@ -96,19 +97,8 @@ def serve(
 ) -> Iterator[RunningGateway]:
     """Run the gateway on a real socket in a thread until the block ends (its spans to
     ``tracer_provider``, if given)."""
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, announce=None, tracer_provider=tracer_provider),
-            host=settings.host,
-            port=settings.port,
-            loop="asyncio",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_level="warning",
-            proxy_headers=False,  # as `interlock serve`: [limits] trusted_proxies decides
-        )
-    )
+    app = create_app(settings, announce=None, tracer_provider=tracer_provider)
+    server = uvicorn.Server(server_config(app, settings.host, settings.port, loop="asyncio"))
     thread = threading.Thread(target=server.run, name="interlock-test-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

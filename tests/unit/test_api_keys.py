@@ -142,11 +142,13 @@ def test_hash_accepts_any_string() -> None:
         assert len(hash_key(SECRET, odd)) == 32
 
 
-def test_a_key_hasher_hashes_as_hash_key_does() -> None:
-    hasher = KeyHasher(SECRET)
+@pytest.mark.parametrize("secret", [SECRET, b"", b"s" * 63, b"s" * 64, b"s" * 65, SECRET * 10])
+def test_a_key_hasher_hashes_as_hash_key_does(secret: bytes) -> None:
+    """Secrets shorter than, as long as and longer than SHA-256's 64-byte block."""
+    hasher = KeyHasher(secret)
     for key in (generate_key(), generate_key(), "", "\ud800", "é" * 1000):
-        assert hasher(key) == hash_key(SECRET, key)  # and again: its keyed state is reused
-        assert hasher(key) == hash_key(SECRET, key)
+        assert hasher(key) == hash_key(secret, key)  # and again: its keyed state is reused
+        assert hasher(key) == hash_key(secret, key)
 
 
 def test_keys_match_compares_digests() -> None:

@@ -42,27 +42,13 @@ def serve(
     import uvicorn
 
     from interlock.app import create_app
+    from interlock.serving import server_config
     from interlock.telemetry.logging import configure_logging
 
     settings = settings_or_exit(host=host, port=port, config_path=config)
     configure_logging(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=30,
-            # Forwarded headers are not trusted blindly: client addresses are Interlock's call.
-            proxy_headers=False,
-            server_header=False,
-        )
-    )
+    server = uvicorn.Server(server_config(create_app(settings), settings.host, settings.port))
     server.run()
     if not server.started:
         raise typer.Exit(1)
