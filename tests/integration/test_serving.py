@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from interlock.serving import TurnWrites, server_config
+from interlock.serving import JOIN_BELOW, TurnWrites, server_config
 from tests.support.gateway import free_port
 
 
@@ -29,6 +29,7 @@ class RecordingTransport:
         self.writes: list[bytes] = []
         self.closing = False
         self.aborted = False
+        self.reading = True
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
@@ -44,6 +45,12 @@ class RecordingTransport:
 
     def get_extra_info(self, name: str) -> str:
         return f"extra:{name}"
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
 
 async def turn() -> None:
@@ -64,6 +71,35 @@ async def test_the_writes_of_one_turn_are_sent_as_one() -> None:
     assert transport.writes == [b"head;body", b"chunk"]
     await turn()
     assert transport.writes == [b"head;body", b"chunk"]  # nothing sent twice
+
+
+@pytest.mark.anyio
+async def test_a_long_write_goes_out_as_it_is_after_those_pending() -> None:
+    transport = RecordingTransport()
+    writes = TurnWrites(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    long = b"x" * JOIN_BELOW
+    writes.write(b"head;")
+    writes.write(long)
+    assert transport.writes == [b"head;", long]
+    assert transport.writes[1] is long  # not copied
+    writes.write(b"tail")
+    await turn()
+    assert transport.writes == [b"head;", long, b"tail"]
+
+
+@pytest.mark.anyio
+async def test_writes_that_never_yield_reach_the_transport_within_the_bound() -> None:
+    """An answer written without yielding (a replay from the cache, a fast upstream) still
+    meets the transport's flow control: never more than ``JOIN_BELOW`` bytes are held."""
+    transport = RecordingTransport()
+    writes = TurnWrites(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    chunk = b"c" * 1000
+    for written in range(1, 101):
+        writes.write(chunk)
+        assert written * len(chunk) - sum(map(len, transport.writes)) < JOIN_BELOW
+    assert len(transport.writes) == 100 // (JOIN_BELOW // len(chunk) + 1)  # 17 chunks a write
+    await turn()
+    assert b"".join(transport.writes) == chunk * 100
 
 
 @pytest.mark.anyio
@@ -96,9 +132,14 @@ async def test_abort_discards_and_a_closed_transport_gets_nothing() -> None:
 
 @pytest.mark.anyio
 async def test_everything_else_is_the_transports() -> None:
-    writes = TurnWrites(RecordingTransport(), asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport = RecordingTransport()
+    writes = TurnWrites(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
     assert writes.get_extra_info("peername") == "extra:peername"
     assert writes.is_closing() is False
+    writes.pause_reading()
+    assert transport.reading is False
+    writes.resume_reading()
+    assert transport.reading is True
 
 
 # --- on a real socket -----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Self
 
 import uvicorn
 
+from interlock.serving import TurnWritesHttpProtocol
 from interlock.testing.fake_app import FakeUpstreamApp
 from interlock.testing.fake_behavior import Behavior, Script
 from interlock.testing.fake_delivery import DeliberateCutFilter
@@ -60,6 +61,7 @@ async def run_server(
         uvicorn_errors.addFilter(_CUT_FILTER)
     config = uvicorn.Config(
         app,
+        http=TurnWritesHttpProtocol,  # a reply's head and body in one segment, as providers do
         lifespan="off",
         ws="none",
         interface="asgi3",
