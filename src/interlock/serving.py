@@ -1,13 +1,12 @@
 """The gateway on HTTP: uvicorn, configured in one place for ``interlock serve`` and the tests.
 
-One change to uvicorn's HTTP/1.1 protocol (httptools): the bytes it writes in one turn of
-the event loop go out in one ``write``. uvicorn writes a response's head and its body
+One change to uvicorn's HTTP/1.1 protocol (httptools): a response's head and the write that
+follows it leave in one system call. uvicorn writes a response's head and its body
 separately, which is two system calls and two TCP segments for every JSON answer; measured
-on a loaded gateway, the second one cost about 6 % of its CPU. The writes of a turn are
-joined and sent when the turn's callbacks are done, which adds no measurable latency: the
-head and the body of a JSON reply are sent back to back, and the chunks of a stream come
-one event at a time anyway. Past ``JOIN_BELOW`` pending bytes they are sent at once, so
-that backpressure works as before.
+on a loaded gateway, the second one cost about 6 % of its CPU. So each write is held until
+the next one, which it joins, or until the end of the current turn of the event loop,
+whichever comes first: a JSON answer leaves whole, the first chunk of a stream leaves with
+the head, and no write waits for more than one other or for the turn's other callbacks.
 """
 
 from __future__ import annotations
@@ -19,25 +18,23 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 JOIN_BELOW = 16 * 1024
-"""Writes are joined while the turn's pending bytes stay below this; at this size they go out
-at once. A longer write is sent as it is (after those pending), since copying it would cost
-more than a system call. So the transport sees every byte at most this late, and its flow
-control (``pause_writing``, which makes uvicorn wait for the client) still holds back an
-answer written faster than the client reads, even one written without ever yielding."""
+"""A write this long is not held or joined, since copying it would cost more than a system
+call: it leaves as it is, after the one held."""
 
 
 class TurnWrites:
-    """A transport whose short writes in one turn of the event loop are sent together.
+    """A transport that holds each short write until the next write or the end of the turn.
 
-    Everything else is the wrapped transport's. ``close`` sends what is pending first, as a
-    transport's own ``close`` does with its buffer; ``abort`` discards it, as the
-    transport's does.
+    Everything else is the wrapped transport's. Every byte reaches the transport at most one
+    write late, so its flow control (``pause_writing``, which makes uvicorn wait for a client
+    that reads slowly) works as before. ``close`` sends what is held first, as a transport's
+    own ``close`` does with its buffer; ``abort`` discards it, as the transport's does.
     """
 
     __slots__ = (
+        "_held",
         "_loop",
-        "_pending",
-        "_pending_bytes",
+        "_scheduled",
         "_transport",
         "is_closing",
         "pause_reading",
@@ -47,40 +44,42 @@ class TurnWrites:
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
-        self._pending: list[bytes] | None = None
-        self._pending_bytes = 0
+        self._held: bytes | None = None
+        self._scheduled = False  # a call to ``_flush`` at the end of this turn
         # Called for every request: bound here rather than looked up by ``__getattr__``.
         self.is_closing = transport.is_closing
         self.pause_reading = transport.pause_reading
         self.resume_reading = transport.resume_reading
 
     def write(self, data: bytes) -> None:
-        if len(data) >= JOIN_BELOW:
-            self._flush()
+        held = self._held
+        if held is not None:
+            self._held = None
+            if len(data) >= JOIN_BELOW:
+                self._transport.write(held)
+                self._transport.write(data)
+            else:
+                self._transport.write(held + data)
+        elif len(data) >= JOIN_BELOW:
             self._transport.write(data)
-            return
-        pending = self._pending
-        if pending is None:
-            self._pending = [data]
-            self._pending_bytes = len(data)
-            self._loop.call_soon(self._flush)
-            return
-        pending.append(data)
-        self._pending_bytes += len(data)
-        if self._pending_bytes >= JOIN_BELOW:
-            self._flush()
+        else:
+            self._held = data
+            if not self._scheduled:
+                self._scheduled = True
+                self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending and not self._transport.is_closing():
-            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        self._scheduled = False
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
 
     def close(self) -> None:
         self._flush()
         self._transport.close()
 
     def abort(self) -> None:
-        self._pending = None
+        self._held = None
         self._transport.abort()
 
     def __getattr__(self, name: str) -> Any:
@@ -88,7 +87,8 @@ class TurnWrites:
 
 
 class TurnWritesHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, its writes sent once per turn (``TurnWrites``)."""
+    """uvicorn's httptools protocol, a response's head and its next write sent together
+    (``TurnWrites``)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(TurnWrites(transport, self.loop))  # type: ignore[arg-type]
