@@ -272,14 +272,14 @@ class InterlockApp:
             ],
             exception_handlers={404: _not_found, 405: _not_found, Exception: _internal_error},
         )
+        self._running_reporter: Reporter = NO_REPORTER  # Sentry's, while the app runs
         # One access line per request (chat requests write their own) and Sentry's scope.
         self._served = AccessLog(
             ChatRoutes(self.http, CHAT_PATHS), self._reporter, self_logging=CHAT_PATHS
         )
 
     def _reporter(self) -> Reporter:
-        components: Components | None = getattr(self.http.state, "components", None)
-        return NO_REPORTER if components is None else components.reporter
+        return self._running_reporter  # asked per request: kept here, not looked up
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -292,7 +292,11 @@ class InterlockApp:
         """Run the lifespan around a block (for embedding and in-process tests)."""
         async with running(self.settings, self._announce, self._tracer_provider) as components:
             self.http.state.components = components
-            yield components
+            self._running_reporter = components.reporter
+            try:
+                yield components
+            finally:
+                self._running_reporter = NO_REPORTER
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
