@@ -54,14 +54,19 @@ class RecordingTransport:
         self.reading = True
 
 
+def wrapped() -> tuple[RecordingTransport, TurnWrites]:
+    """A recording transport and its ``TurnWrites``, on the running loop."""
+    transport = RecordingTransport()
+    return transport, TurnWrites(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+
+
 async def turn() -> None:
     await asyncio.sleep(0)
 
 
 @pytest.mark.anyio
 async def test_a_write_leaves_with_the_next_one_or_at_the_end_of_the_turn() -> None:
-    transport = RecordingTransport()
-    writes = TurnWrites(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport, writes = wrapped()
     writes.write(b"head;")
     assert transport.writes == []
     writes.write(b"body")  # a JSON answer: whole at once, without waiting for the turn
@@ -81,8 +86,7 @@ async def test_a_write_leaves_with_the_next_one_or_at_the_end_of_the_turn() -> N
 
 @pytest.mark.anyio
 async def test_a_long_write_is_neither_held_nor_copied() -> None:
-    transport = RecordingTransport()
-    writes = TurnWrites(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport, writes = wrapped()
     long = b"x" * JOIN_BELOW
     writes.write(b"head;")
     writes.write(long)
@@ -98,8 +102,7 @@ async def test_a_long_write_is_neither_held_nor_copied() -> None:
 async def test_writes_that_never_yield_reach_the_transport_one_write_late_at_most() -> None:
     """An answer written without yielding (a replay from the cache, a fast upstream) still
     meets the transport's flow control: it holds one short write at most."""
-    transport = RecordingTransport()
-    writes = TurnWrites(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport, writes = wrapped()
     chunk = b"c" * 1000
     for written in range(1, 101):
         writes.write(chunk)
@@ -111,8 +114,7 @@ async def test_writes_that_never_yield_reach_the_transport_one_write_late_at_mos
 
 @pytest.mark.anyio
 async def test_close_sends_what_is_held_first() -> None:
-    transport = RecordingTransport()
-    writes = TurnWrites(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport, writes = wrapped()
     writes.write(b"last answer")
     writes.close()
     assert (transport.writes, transport.closing) == ([b"last answer"], True)
@@ -122,15 +124,13 @@ async def test_close_sends_what_is_held_first() -> None:
 
 @pytest.mark.anyio
 async def test_abort_discards_and_a_closed_transport_gets_nothing() -> None:
-    transport = RecordingTransport()
-    writes = TurnWrites(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport, writes = wrapped()
     writes.write(b"never sent")
     writes.abort()
     await turn()
     assert (transport.writes, transport.aborted) == ([], True)
 
-    gone = RecordingTransport()
-    writes = TurnWrites(gone, asyncio.get_running_loop())  # type: ignore[arg-type]
+    gone, writes = wrapped()
     writes.write(b"for a client that left")
     gone.closing = True  # the connection was lost within the turn
     await turn()
@@ -139,8 +139,7 @@ async def test_abort_discards_and_a_closed_transport_gets_nothing() -> None:
 
 @pytest.mark.anyio
 async def test_everything_else_is_the_transports() -> None:
-    transport = RecordingTransport()
-    writes = TurnWrites(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport, writes = wrapped()
     assert writes.get_extra_info("peername") == "extra:peername"
     assert writes.is_closing() is False
     writes.pause_reading()
