@@ -145,7 +145,7 @@ def wait_for_listening(service: Service, timeout_s: float) -> str:
     raise StackError(f"{service.name} did not say it was listening within {timeout_s:.0f} s")
 
 
-def _wait_for_ready(service: Service, timeout_s: float) -> None:
+def wait_for_ready(service: Service, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         service.check_alive()
@@ -309,4 +309,4 @@ class Stack:
         self._exit.callback(stop_service, gateway)
         gateway.url = f"http://127.0.0.1:{port}"
         self._gateway = gateway
-        _wait_for_ready(gateway, _GATEWAY_START_S)
+        wait_for_ready(gateway, _GATEWAY_START_S)
