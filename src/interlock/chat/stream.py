@@ -113,12 +113,14 @@ class ChatStream:
         self._upstream = upstream
         self._admission = admission
         self._settler = settler
-        self._loop = loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         # The total timeout is one timer per stream, not one per chunk: when it fires, it
-        # cancels the wait for the next chunk in progress (or fails the next one).
+        # cancels the wait for the next chunk in progress (or fails the next one). It is set
+        # when the stream first reads upstream: a whole answer, already held, never does.
+        self._deadline = deadline
         self._expired = False
         self._waiter: asyncio.Task[Any] | None = None
-        self._timer = None if deadline is None else loop.call_at(deadline, self._expire)
+        self._timer: asyncio.TimerHandle | None = None
         self.output_chars = 0  # delivered so far, for estimates and partial usage
         self.usage: Usage | None = None
         self.finish: Finish | None = None
@@ -139,6 +141,8 @@ class ChatStream:
                     self._count(event)
                     yield event
             self._held = []
+            if finish is None or usage is None:
+                self._start_timer()
             while finish is None or usage is None:
                 incoming = await self._next()
                 if incoming is None:
@@ -217,6 +221,15 @@ class ChatStream:
         waiter = self._waiter
         if waiter is not None:
             waiter.cancel()
+
+    def _start_timer(self) -> None:
+        deadline = self._deadline
+        if deadline is None or self._timer is not None:
+            return
+        if self._loop.time() >= deadline:
+            self._expired = True  # passed while the held events went out: fail the next read
+        else:
+            self._timer = self._loop.call_at(deadline, self._expire)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
