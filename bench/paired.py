@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import io
 import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
@@ -33,6 +32,7 @@ from bench.stack import (
     Service,
     fake_upstream_command,
     free_port,
+    gateway_command,
     gateway_env,
     gateway_model,
     start_service,
@@ -66,16 +66,7 @@ def _gateway(name: str, workdir: Path, config: Path, plan: CpuPlan, source: Path
     env = gateway_env(workdir, config, "warning")
     if source is not None:
         env["PYTHONPATH"] = str(source)
-    command = [
-        *plan.prefix(plan.gateway),
-        sys.executable,
-        "-m",
-        "interlock",
-        "serve",
-        "--host=127.0.0.1",
-        f"--port={port}",
-    ]
-    service = start_service(name, command, workdir / "gateway.log", env)
+    service = start_service(name, gateway_command(plan, port), workdir / "gateway.log", env)
     service.url = f"http://127.0.0.1:{port}"
     return service
 

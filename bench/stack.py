@@ -177,6 +177,19 @@ def fake_upstream_command(delay_ms: float, tokens: int) -> list[str]:
     ]
 
 
+def gateway_command(plan: CpuPlan, port: int) -> list[str]:
+    """One gateway worker on ``port`` of 127.0.0.1, on the gateway's CPU."""
+    return [
+        *plan.prefix(plan.gateway),
+        sys.executable,
+        "-m",
+        "interlock",
+        "serve",
+        "--host=127.0.0.1",
+        f"--port={port}",
+    ]
+
+
 def gateway_model(delay_ms: float) -> str:
     """The gateway's public model name routed to the upstream with this delay."""
     return f"bench-{delay_ms:g}ms"
@@ -291,18 +304,9 @@ class Stack:
         config = self.workdir / "interlock.toml"
         write_gateway_config(config, self.upstreams)
         port = free_port()
-        command = [
-            *self.plan.prefix(self.plan.gateway),
-            sys.executable,
-            "-m",
-            "interlock",
-            "serve",
-            "--host=127.0.0.1",
-            f"--port={port}",
-        ]
         gateway = start_service(
             "gateway",
-            command,
+            gateway_command(self.plan, port),
             self.workdir / "gateway.log",
             gateway_env(self.workdir, config, self.log_level),
         )
