@@ -290,8 +290,12 @@ async def test_outcomes_slide_out_of_the_window(harness: Harness) -> None:
     await harness.advance(0.3)  # the failures are 0.6 s old, the success 0.3 s
     stats = await outcomes.read("dep:a", window=0.5)
     assert (stats.successes, stats.failures) == (1, 0)
+    stats = await outcomes.record("dep:a", ok=True, window=0.5)  # counts what slid out no more
+    assert (stats.successes, stats.failures) == (2, 0)
     await harness.advance(0.6)
     assert (await outcomes.read("dep:a", window=0.5)).total == 0
+    stats = await outcomes.record("dep:a", ok=False, window=0.5)
+    assert (stats.successes, stats.failures) == (0, 1)
 
 
 async def test_outcomes_are_shared_between_instances(harness: Harness) -> None:
