@@ -7,6 +7,7 @@ the same schema; ``tests/integration/test_store.py`` compares the two on SQLite 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -70,10 +71,38 @@ class UTCDateTime(TypeDecorator[datetime]):
         # SQLite's text format has no offset: store the UTC wall time so text order is time order.
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        # On SQLite, the text in one step: the decorator's step and then the DATETIME type's
+        # formatting took 7 µs a value, the largest share of a usage row's insert.
+        return _sqlite_text if dialect.name == "sqlite" else super().bind_processor(dialect)
+
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_SQLITE_DATETIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"  # sqlalchemy.dialects.sqlite.DATETIME's
+
+
+def _sqlite_text(value: datetime | None) -> str | None:
+    """What ``UTCDateTime`` stores on SQLite: the UTC wall time as SQLAlchemy's SQLite
+    ``DATETIME`` writes it (``YYYY-MM-DD HH:MM:SS.ffffff``)."""
+    if value is None:
+        return None
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+    return _SQLITE_DATETIME % (
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+    )
 
 
 class Base(DeclarativeBase):
