@@ -1,4 +1,4 @@
-"""Paired A/B timing: this tree's gateway and another commit's, loaded at the same time.
+"""Paired A/B timing: this tree's gateway and another build, loaded at the same time.
 
 On a shared virtual machine the CPU time of a request moves by ±20 % within minutes, so two
 builds timed one after the other differ by more than most changes are worth. Here both run
@@ -7,10 +7,14 @@ fake upstream): whatever the host does hits both alike, and the ratio of the req
 served moves by about a percentage point.
 
     .venv/bin/python -m bench.paired REV [--rounds 4] [--duration 6] [--concurrency 64]
+    .venv/bin/python -m bench.paired --python OTHER_VENV/bin/python
 
-``REV`` is any commit (``HEAD~3``, a hash); its ``src/`` is taken with ``git archive`` and
-put first on the other gateway's ``PYTHONPATH``, so both use this venv's dependencies.
-JSON requests, upstream at 0 ms. A ratio above 1 means this tree served more.
+The other build is another commit, another interpreter, or both. ``REV`` is any commit
+(``HEAD~3``, a hash): its ``src/`` is taken with ``git archive`` and put first on the other
+gateway's ``PYTHONPATH``. ``--python`` runs the other gateway (this tree's sources, unless
+``REV`` is given) with another interpreter, which needs the project's dependencies installed:
+another venv's ``bin/python``. JSON requests, upstream at 0 ms. A ratio above 1 means this
+tree, on this interpreter, served more.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -60,13 +65,16 @@ def _source_of(revision: str, into: Path) -> Path:
     return into / "src"
 
 
-def _gateway(name: str, workdir: Path, config: Path, plan: CpuPlan, source: Path | None) -> Service:
+def _gateway(
+    name: str, workdir: Path, config: Path, plan: CpuPlan, source: Path | None, python: str
+) -> Service:
     workdir.mkdir()
     port = free_port()
     env = gateway_env(workdir, config, "warning")
     if source is not None:
         env["PYTHONPATH"] = str(source)
-    service = start_service(name, gateway_command(plan, port), workdir / "gateway.log", env)
+    command = gateway_command(plan, port, python)
+    service = start_service(name, command, workdir / "gateway.log", env)
     service.url = f"http://127.0.0.1:{port}"
     return service
 
@@ -100,15 +108,25 @@ def _round(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.paired", description=__doc__)
-    parser.add_argument("revision", help="the commit to compare this tree with")
+    parser.add_argument("revision", nargs="?", help="the commit to compare this tree with")
+    parser.add_argument(
+        "--python", default=sys.executable, help="the other gateway's interpreter (a venv's)"
+    )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duration", type=float, default=6, help="seconds per round")
     parser.add_argument("--concurrency", type=int, default=64)
     options = parser.parse_args(argv)
+    if options.revision is None and options.python == sys.executable:
+        parser.error("compare with a commit (REV), another interpreter (--python), or both")
     plan = CpuPlan.choose(enabled=True)
     with tempfile.TemporaryDirectory(prefix="interlock-paired-") as temp:
         workdir = Path(temp)
-        other_source = _source_of(options.revision, workdir / "other")
+        if options.revision is None:
+            other_name = options.python
+            other_source = _REPOSITORY / "src"
+        else:
+            other_name = options.revision
+            other_source = _source_of(options.revision, workdir / "other")
         started: list[Service] = []
         try:
             upstream = start_service(
@@ -120,9 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             upstream.url = wait_for_listening(upstream, 20)
             config = workdir / "interlock.toml"
             write_gateway_config(config, {0: upstream})
-            this = _gateway("this tree", workdir / "this", config, plan, None)
+            this = _gateway("this tree", workdir / "this", config, plan, None, sys.executable)
             started.append(this)
-            other = _gateway(options.revision, workdir / "rev", config, plan, other_source)
+            other = _gateway(
+                other_name, workdir / "rev", config, plan, other_source, options.python
+            )
             started.append(other)
             for service in (this, other):
                 wait_for_ready(service, 60)

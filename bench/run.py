@@ -325,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = evaluate_targets(run.points, run.peak_rss_mb)
     header = [
         f"{facts['date']} · {facts['cpus']} CPUs ({facts['cpu_model']}) · "
-        f"{facts['memory_gb']} GB RAM · commit {facts['commit'] or '?'}",
+        f"{facts['memory_gb']} GB RAM · Python {facts['python']} · "
+        f"commit {facts['commit'] or '?'}",
         f"{plan.describe()} · {timing.warmup_s} s warm-up + {timing.duration_s} s per run · "
         f"{options.tokens} tokens per reply · "
         f"{'access lines on' if options.access_log else 'no access lines (log level warning)'} · "

@@ -177,11 +177,12 @@ def fake_upstream_command(delay_ms: float, tokens: int) -> list[str]:
     ]
 
 
-def gateway_command(plan: CpuPlan, port: int) -> list[str]:
-    """One gateway worker on ``port`` of 127.0.0.1, on the gateway's CPU."""
+def gateway_command(plan: CpuPlan, port: int, python: str = sys.executable) -> list[str]:
+    """One gateway worker on ``port`` of 127.0.0.1, on the gateway's CPU, run by ``python``
+    (this interpreter unless told)."""
     return [
         *plan.prefix(plan.gateway),
-        sys.executable,
+        python,
         "-m",
         "interlock",
         "serve",
