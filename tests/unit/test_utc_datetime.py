@@ -4,10 +4,12 @@ groupings read the same whichever wrote them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
-from sqlalchemy import DateTime
+from sqlalchemy import DateTime, Dialect
 from sqlalchemy.dialects import postgresql, sqlite
 
 from interlock.store.models import UTCDateTime
@@ -33,9 +35,8 @@ def _sqlalchemy_text(moment: datetime) -> str:
     return text
 
 
-def _bind(dialect: object) -> object:
-    column_type = UTCDateTime().dialect_impl(dialect)  # type: ignore[arg-type]
-    return column_type.bind_processor(dialect)  # type: ignore[arg-type]
+def _bind(dialect: Dialect) -> Callable[[Any], Any] | None:
+    return UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
 
 
 @pytest.mark.parametrize("moment", MOMENTS, ids=str)

@@ -65,9 +65,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError("timestamps must be timezone-aware")
-        value = value.astimezone(UTC)
+        value = _utc(value)
         # SQLite's text format has no offset: store the UTC wall time so text order is time order.
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
@@ -85,15 +83,21 @@ class UTCDateTime(TypeDecorator[datetime]):
 _SQLITE_DATETIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"  # sqlalchemy.dialects.sqlite.DATETIME's
 
 
+def _utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive datetime is refused rather than guessed."""
+    if value.tzinfo is UTC:
+        return value
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return value.astimezone(UTC)
+
+
 def _sqlite_text(value: datetime | None) -> str | None:
     """What ``UTCDateTime`` stores on SQLite: the UTC wall time as SQLAlchemy's SQLite
     ``DATETIME`` writes it (``YYYY-MM-DD HH:MM:SS.ffffff``)."""
     if value is None:
         return None
-    if value.tzinfo is not UTC:
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError("timestamps must be timezone-aware")
-        value = value.astimezone(UTC)
+    value = _utc(value)
     return _SQLITE_DATETIME % (
         value.year,
         value.month,
